@@ -1,0 +1,5 @@
+import sys
+
+from imageselector.cli import main
+
+sys.exit(main())

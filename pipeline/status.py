@@ -1,0 +1,82 @@
+"""The status snapshot: what `imageselector status --json` prints and the console shows.
+
+Plain Python, light imports only (no torch, faiss, textual): the queue depths come from the
+trigger-kept counters (O(1) at any size), the stages from their heartbeat files, the lock
+holders from /proc/locks (or the F_GETLK probe), the backups from the DB."""
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Callable
+
+from pipeline.db import IMAGE_STATES, DBError, open_db, queue_depths
+from pipeline.locks import LockTracker
+from pipeline.stage import PIPELINE_ORDER, STAGES, stage_status
+
+# Extra sections other parts add to the snapshot (e.g. the remote hosts' stages, backup
+# schedule), as name -> function(root, conn) -> JSON-able value.
+SECTIONS: dict[str, Callable] = {}
+
+
+def local_stage_names(root) -> list[str]:
+    names = [n for n in PIPELINE_ORDER if STAGES[n].where == "db_host"]
+    if root.profile == "sandbox":
+        names += [n for n in PIPELINE_ORDER if STAGES[n].where != "db_host"]
+    else:
+        names += ["worker"]  # the DB host is a worker too (the iMac)
+    # any other stage that has run here (e.g. selftest) is shown too
+    names += [n for n in STAGES if n not in names and root.heartbeat_path(n).exists()]
+    return names
+
+
+def backups_summary(conn: sqlite3.Connection, now: float) -> list[dict]:
+    rows = conn.execute(
+        "SELECT target, kind, MAX(CASE WHEN ok = 1 THEN finished_at END), "
+        "MAX(started_at), SUM(CASE WHEN ok = 0 THEN 1 ELSE 0 END) FROM backups GROUP BY target, kind"
+    ).fetchall()
+    out = []
+    for target, kind, last_ok, last_try, failures in rows:
+        latest = conn.execute(
+            "SELECT ok, verified, size_bytes, error FROM backups WHERE target = ? AND kind = ? "
+            "ORDER BY started_at DESC LIMIT 1", (target, kind)).fetchone()
+        out.append({"target": target, "kind": kind, "last_success": last_ok,
+                    "age_s": round(now - last_ok, 1) if last_ok else None,
+                    "last_attempt": last_try, "last_ok": bool(latest[0]) if latest[0] is not None else None,
+                    "verified": bool(latest[1]), "size_bytes": latest[2], "error": latest[3]})
+    return out
+
+
+def snapshot(root, tracker: LockTracker | None = None, now: float | None = None,
+             with_locks: bool = True) -> dict:
+    now = time.time() if now is None else now
+    result: dict = {"root": str(root.path), "profile": root.profile, "at": now, "errors": []}
+    conn = None
+    try:
+        conn = open_db(root)
+        result["queues"] = queue_depths(conn)
+        result["backups"] = backups_summary(conn, now)
+    except DBError as exc:
+        result["queues"] = {state: None for state in IMAGE_STATES}
+        result["backups"] = []
+        result["errors"].append(str(exc))
+    except sqlite3.OperationalError as exc:  # e.g. locked beyond busy_timeout
+        result["queues"] = {state: None for state in IMAGE_STATES}
+        result["backups"] = []
+        result["errors"].append(f"DB {root.db_path}: {exc}")
+    result["stages"] = [stage_status(root, name, now) for name in local_stage_names(root)]
+    if with_locks:
+        tracker = tracker or LockTracker(root.run_dir / "locks_seen.json")
+        try:
+            result["locks"] = [h.as_json() for h in tracker.holders(root.db_path, now=now)]
+        except Exception as exc:  # never let the lock view take the status down
+            result["locks"] = []
+            result["errors"].append(f"lock holders: {exc}")
+    for name, section in SECTIONS.items():
+        try:
+            result[name] = section(root, conn)
+        except Exception as exc:
+            result[name] = None
+            result["errors"].append(f"{name}: {exc}")
+    if conn is not None:
+        conn.close()
+    return result

@@ -1,0 +1,222 @@
+"""The worker hosts file (``hosts.toml`` at the root).
+
+Example::
+
+    # optional; relative paths are relative to this file's folder
+    known_hosts = "known_hosts"
+
+    [workers.imac]
+    local = true                      # this machine: plain files, no SSH
+
+    [workers.mbp]
+    address = "192.168.1.20"
+    port = 22                         # optional, default 22
+    user = "imageselector"
+    key_file = "~/.ssh/imageselector_ed25519"
+    root = "/Users/imageselector/isroot"
+    python = "/Users/imageselector/imageselector/.venv/bin/python3"
+    os = "posix"                      # optional, "posix" (Linux, macOS) or "windows"
+
+    [workers.sleight]
+    address = "192.168.1.30"
+    user = "imageselector"
+    key_file = "~/.ssh/imageselector_ed25519"
+    root = 'C:\\Users\\imageselector\\isroot'
+    python = 'C:\\Users\\imageselector\\imageselector\\.venv\\Scripts\\python.exe'
+    os = "windows"
+
+Every problem is one ``HostsConfigError`` naming the file and the key.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from remote.errors import HostsConfigError
+
+OS_KINDS = ("posix", "windows")
+DEFAULT_PORT = 22
+# Names appear in status lines, file names and log prefixes: keep them plain.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+# A DNS name, IPv4 or IPv6 literal; never starts with "-" (no option injection anywhere).
+_ADDRESS_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?$")
+_WINDOWS_ABS_RE = re.compile(r"^[A-Za-z]:[\\/]")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+_TOP_KEYS = {"known_hosts", "workers"}
+_SSH_KEYS = {"address", "port", "user", "key_file", "root", "python", "os", "local"}
+_LOCAL_KEYS = {"local", "root", "python", "os"}
+
+
+@dataclass(frozen=True)
+class Host:
+    """One worker host. ``root`` and ``python`` are paths on that host, kept as text
+    (a Windows path is not a local Path here)."""
+
+    name: str
+    local: bool = False
+    address: str | None = None
+    port: int = DEFAULT_PORT
+    user: str | None = None
+    key_file: Path | None = None
+    root: str | None = None
+    python: str | None = None
+    os: str = "posix"
+
+    @property
+    def is_windows(self) -> bool:
+        return self.os == "windows"
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The host's name in known_hosts, as OpenSSH writes it."""
+        if self.port == DEFAULT_PORT:
+            return self.address or ""
+        return f"[{self.address}]:{self.port}"
+
+    def describe(self) -> str:
+        if self.local:
+            return f"{self.name} (local)"
+        return f"{self.name} ({self.user}@{self.address}:{self.port}, {self.os})"
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "local": self.local, "address": self.address,
+                "port": self.port, "user": self.user,
+                "key_file": str(self.key_file) if self.key_file else None,
+                "root": self.root, "python": self.python, "os": self.os}
+
+
+@dataclass(frozen=True)
+class HostsFile:
+    path: Path
+    known_hosts: Path
+    workers: dict[str, Host] = field(default_factory=dict)
+    exists: bool = True
+
+    def get(self, name: str) -> Host:
+        try:
+            return self.workers[name]
+        except KeyError:
+            known = ", ".join(self.workers) or "none"
+            raise HostsConfigError(f"{self.path}: no worker {name!r} (workers: {known})") from None
+
+    def __iter__(self):
+        return iter(self.workers.values())
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+
+def load_hosts(path: str | os.PathLike) -> HostsFile:
+    """Read hosts.toml. A missing file means no workers (not an error)."""
+    path = Path(path)
+    base = path.parent
+    if not path.exists():
+        return HostsFile(path=path, known_hosts=base / "known_hosts", exists=False)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise HostsConfigError(f"{path}: not valid TOML ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HostsConfigError(f"{path}: cannot read ({exc})") from None
+    return parse_hosts(data, path)
+
+
+def parse_hosts(data: dict, path: Path) -> HostsFile:
+    base = path.parent
+    _no_unknown_keys(path, "", data, _TOP_KEYS)
+    known_hosts_raw = data.get("known_hosts", "known_hosts")
+    if not isinstance(known_hosts_raw, str) or not known_hosts_raw.strip():
+        raise HostsConfigError(f"{path}: known_hosts must be a non-empty string")
+    known_hosts = _local_path(base, known_hosts_raw)
+    workers_raw = data.get("workers", {})
+    if not isinstance(workers_raw, dict):
+        raise HostsConfigError(f"{path}: workers must be a table ([workers.NAME])")
+    workers: dict[str, Host] = {}
+    for name, table in workers_raw.items():
+        if not _NAME_RE.match(name):
+            raise HostsConfigError(
+                f"{path}: workers.{name!r}: a worker name is letters, digits, '-' and '_' "
+                f"(at most 63, starting with a letter or digit)")
+        if not isinstance(table, dict):
+            raise HostsConfigError(f"{path}: workers.{name} must be a table")
+        workers[name] = _parse_worker(path, name, table)
+    return HostsFile(path=path, known_hosts=known_hosts, workers=workers)
+
+
+def _parse_worker(path: Path, name: str, t: dict) -> Host:
+    where = f"workers.{name}"
+    local = t.get("local", False)
+    if not isinstance(local, bool):
+        raise HostsConfigError(f"{path}: {where}.local must be true or false")
+    os_kind = _opt_str(path, where, t, "os") or "posix"
+    if os_kind not in OS_KINDS:
+        raise HostsConfigError(f"{path}: {where}.os must be one of {', '.join(OS_KINDS)}, "
+                               f"got {os_kind!r}")
+    if local:
+        _no_unknown_keys(path, where, t, _LOCAL_KEYS)
+        root = _opt_str(path, where, t, "root")
+        python = _opt_str(path, where, t, "python")
+        if root is not None:
+            _check_root(path, where, root, os_kind)
+        return Host(name=name, local=True, root=root, python=python, os=os_kind)
+
+    _no_unknown_keys(path, where, t, _SSH_KEYS)
+    address = _req_str(path, where, t, "address")
+    if not _ADDRESS_RE.match(address):
+        raise HostsConfigError(f"{path}: {where}.address must be a host name or IP address, "
+                               f"got {address!r}")
+    port = t.get("port", DEFAULT_PORT)
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise HostsConfigError(f"{path}: {where}.port must be an integer 1-65535, got {port!r}")
+    user = _req_str(path, where, t, "user")
+    key_file = _local_path(path.parent, _req_str(path, where, t, "key_file"))
+    root = _req_str(path, where, t, "root")
+    _check_root(path, where, root, os_kind)
+    python = _req_str(path, where, t, "python")
+    return Host(name=name, local=False, address=address, port=port, user=user,
+                key_file=key_file, root=root, python=python, os=os_kind)
+
+
+def _check_root(path: Path, where: str, root: str, os_kind: str) -> None:
+    absolute = _WINDOWS_ABS_RE.match(root) if os_kind == "windows" else root.startswith("/")
+    if not absolute:
+        example = "C:\\\\Users\\\\me\\\\isroot" if os_kind == "windows" else "/home/me/isroot"
+        raise HostsConfigError(f"{path}: {where}.root must be an absolute path on that host "
+                               f"(like {example}), got {root!r}")
+
+
+def _req_str(path: Path, where: str, t: dict, key: str) -> str:
+    if key not in t:
+        raise HostsConfigError(f"{path}: {where}.{key} is missing")
+    value = _opt_str(path, where, t, key)
+    if not value:
+        raise HostsConfigError(f"{path}: {where}.{key} must not be empty")
+    return value
+
+
+def _opt_str(path: Path, where: str, t: dict, key: str) -> str | None:
+    if key not in t:
+        return None
+    value = t[key]
+    if not isinstance(value, str):
+        raise HostsConfigError(f"{path}: {where}.{key} must be a string, got {value!r}")
+    if _CONTROL_RE.search(value):
+        raise HostsConfigError(f"{path}: {where}.{key} contains a control character")
+    return value
+
+
+def _no_unknown_keys(path: Path, where: str, t: dict, allowed: set[str]) -> None:
+    for key in t:
+        if key not in allowed:
+            prefix = f"{where}." if where else ""
+            raise HostsConfigError(f"{path}: unknown key {prefix}{key} "
+                                   f"(allowed: {', '.join(sorted(allowed))})")
+
+
+def _local_path(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p

@@ -1,0 +1,35 @@
+"""Shared fixtures. Tests use real processes, real SQLite, real HTTP/SSH on loopback."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# An accidental model download must fail at once instead of hanging.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Tests never inherit the operator's root.
+os.environ.pop("IMAGESELECTOR_ROOT", None)
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+@pytest.fixture
+def tmp_root(tmp_path):
+    """A fresh runtime root (production profile unless a test writes imageselector.toml)."""
+    from pipeline.root import Root
+
+    return Root(tmp_path / "root").ensure()
+
+
+def cli_env(root=None, **extra) -> dict:
+    env = dict(os.environ)
+    env.pop("IMAGESELECTOR_ROOT", None)
+    if root is not None:
+        env["IMAGESELECTOR_ROOT"] = str(getattr(root, "path", root))
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
