@@ -324,7 +324,8 @@ class _Heartbeat:
 
     def finish(self, extra: dict) -> None:
         self.stop.set()
-        self.thread.join(timeout=5)
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
         self.write(extra)
 
 

@@ -16,6 +16,9 @@ os.environ.pop("IMAGESELECTOR_ROOT", None)
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+# Support modules import both as `tests.x_support` and as plain `x_support`.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture
