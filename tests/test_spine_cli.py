@@ -175,3 +175,32 @@ def test_pipeline_and_remote_never_import_textual():
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_requeue_moves_only_failed_images(tmp_root):
+    conn = db.open_db(tmp_root)
+    with db.transaction(conn):
+        db.add_discovered_images(conn, [(1, i) for i in range(4)])
+        db.set_image_state(conn, [(1, 0)], db.FAILED, reason="truncated")
+        db.set_image_state(conn, [(1, 1)], db.FAILED, reason="timeout after 3 tries")
+        db.set_image_state(conn, [(1, 2)], db.DEAD, reason="404")
+    out = run_cli("requeue", "--reason", "timeout", root=tmp_root, check=True)
+    assert "requeued 1 failed" in out.stdout
+    states = dict(conn.execute("SELECT image_id, state FROM image_status").fetchall())
+    assert states == {0: "failed", 1: "discovered", 2: "dead", 3: "discovered"}
+    assert db.queue_depths(conn) == db.count_states_slowly(conn)
+
+
+def test_sandbox_init_writes_a_sandbox_root_and_never_converts_production(tmp_path):
+    out = run_cli("sandbox", "init", tmp_path / "sb", "--port", "18765", check=True)
+    assert "18765" in out.stdout
+    snap = cli_json("status", root=tmp_path / "sb")
+    assert snap["profile"] == "sandbox"
+    key = tmp_path / "sb" / "secrets" / "etsy_api_key"
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    prod = tmp_path / "prod"
+    prod.mkdir()
+    (prod / "imageselector.toml").write_text('[root]\nprofile = "production"\n')
+    refused = run_cli("sandbox", "init", prod)
+    assert refused.returncode == 2 and "not a sandbox root" in refused.stderr
+    assert (prod / "imageselector.toml").read_text() == '[root]\nprofile = "production"\n'
