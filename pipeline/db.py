@@ -301,7 +301,23 @@ CREATE TABLE alerts (
 CREATE INDEX alerts_at ON alerts(at);
 """
 
-MIGRATIONS: list[str] = [_V1]
+# v2: the weekly run's steps (pipeline/runner.py).
+_V2 = """
+CREATE TABLE runner_steps (
+    run_started REAL NOT NULL,       -- identifies the run
+    step        TEXT NOT NULL,
+    stage       TEXT NOT NULL,
+    phase       INTEGER NOT NULL,
+    started_at  REAL,
+    ended_at    REAL,
+    outcome     TEXT,                -- ok, failed, stopped, crashed, skipped, refused
+    exit_code   INTEGER,
+    reason      TEXT
+);
+CREATE INDEX runner_steps_run ON runner_steps(run_started);
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

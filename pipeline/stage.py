@@ -426,16 +426,22 @@ def run_stage(root, name: str, once: bool = False, args: argparse.Namespace | No
     """Run a stage in this process, under the full stage contract. Returns the exit status."""
     stage = spec(name)
     args = args or argparse.Namespace()
+    module, entry = load_entry(stage)
     kill_path = root.file(stage.kill_file)
-    if kill_path.exists():
-        raise UserError(f"{stage.kill_file} exists at {root.path}: remove it to start {name} "
-                        f"(it asks {name} to stop)")
     lock = _InstanceLock(root.lock_path(name))
-    if not lock.acquire():
-        hb = read_json_or_none(root.heartbeat_path(name)) or {}
-        raise AlreadyRunning(f"stage {name} is already running on this root "
-                             f"(pid {hb.get('pid', '?')}, since {_fmt_time(hb.get('started'))})")
-    _, entry = load_entry(stage)
+    try:
+        if kill_path.exists():
+            raise UserError(f"{stage.kill_file} exists at {root.path}: remove it to start {name} "
+                            f"(it asks {name} to stop)")
+        if not lock.acquire():
+            hb = read_json_or_none(root.heartbeat_path(name)) or {}
+            raise AlreadyRunning(f"stage {name} is already running on this root "
+                                 f"(pid {hb.get('pid', '?')}, since {_fmt_time(hb.get('started'))})")
+    except UserError as exc:
+        refused = getattr(module, "on_refused", None)  # e.g. the runner alerts the operator
+        if refused is not None:
+            refused(root, str(exc))
+        raise
     previous = read_json_or_none(root.heartbeat_path(name))
     log = _setup_logging(root, stage)
     ctx = StageContext(root, stage, once, args, log, previous)
