@@ -256,8 +256,7 @@ class LoadedModel:
 
         if self.precision != "bf16":
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device if self.device != "mps" else "cpu",
-                              dtype=torch.bfloat16)
+        return torch.autocast(device_type=self.device, dtype=torch.bfloat16)
 
     def embed_pixels(self, pixels) -> "Any":
         """A (N, 3, H, W) tensor -> (N, dim) float32 numpy, L2-normalised."""
@@ -415,7 +414,7 @@ def _load_pretrained(spec: ModelSpec, settings: ModelSettings, device: str) -> L
     identity = {"source": spec.source, "revision": revision}
     if spec.library == "open_clip":
         import open_clip
-        from open_clip.transform import PreprocessCfg
+        from open_clip.transform import PreprocessCfg, image_transform_v2
 
         weights = files[spec.weight_files[0][0]]
         # The tag's own mean/std (ViT-L-14 laion2b uses 0.5): a file path alone would lose them.
@@ -424,7 +423,7 @@ def _load_pretrained(spec: ModelSpec, settings: ModelSettings, device: str) -> L
         module = open_clip.create_model(spec.arch, pretrained=weights, device=device,
                                         force_preprocess_cfg=force, pretrained_text=False,
                                         require_pretrained=True)
-        preprocess = open_clip.image_transform_v2(PreprocessCfg(**module.visual.preprocess_cfg),
+        preprocess = image_transform_v2(PreprocessCfg(**module.visual.preprocess_cfg),
                                                   is_train=False)
         tokenizer = open_clip.get_tokenizer(spec.arch)
         return LoadedModel(spec, module, preprocess, device, settings.precision, tokenizer, identity)

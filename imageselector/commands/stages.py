@@ -17,6 +17,7 @@ def _stage_args(name: str, rest: list[str]) -> argparse.Namespace:
     module, _ = load_entry(stage)
     parser = argparse.ArgumentParser(prog=f"imageselector run {name}", description=stage.description)
     parser.add_argument("--once", action="store_true", help="do the work queued now, then exit 0")
+    parser.add_argument("--root", default=None, help="runtime root (may follow the stage name)")
     if hasattr(module, "add_arguments"):
         module.add_arguments(parser)
     return parser.parse_args(rest)
@@ -26,8 +27,8 @@ def cmd_run(args) -> int:
     from pipeline.root import Root
     from pipeline.stage import run_stage
 
-    root = Root.open(args.root)
     stage_args = _stage_args(args.stage, args.rest)
+    root = Root.open(stage_args.root or args.root)
     return run_stage(root, args.stage, once=stage_args.once, args=stage_args)
 
 
@@ -35,9 +36,13 @@ def cmd_start(args) -> int:
     from pipeline.root import Root
     from pipeline.stage import start_detached
 
-    root = Root.open(args.root)
-    _stage_args(args.stage, args.rest)  # refuse bad flags here, not in a detached log
-    status = start_detached(root, args.stage, args.rest)
+    stage_args = _stage_args(args.stage, args.rest)  # refuse bad flags here, not in a detached log
+    root = Root.open(stage_args.root or args.root)
+    rest = list(args.rest)
+    if stage_args.root:  # the detached run gets the root through run_argv
+        i = rest.index("--root") if "--root" in rest else None
+        rest = rest[:i] + rest[i + 2:] if i is not None else [a for a in rest if not a.startswith("--root=")]
+    status = start_detached(root, args.stage, rest)
     print(f"{args.stage}: {status['state']} (pid {status['pid'] or status['last_pid']}); "
           f"log {status['log']}")
     return 0
