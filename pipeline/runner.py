@@ -177,6 +177,21 @@ class Runner:
             self.alerter.send("watchdog_stall", f"no progress for {_duration(now - self.last_progress)} "
                                                 f"in: {names}")
 
+    def nap(self) -> None:
+        """Wait up to check_s, waking at once for KILL_PIPELINE, and looking more often
+        while a stage is stopping (so a stop is seen within a fraction of a second)."""
+        if not any(s.state in ("running", "stopping") for s in self.steps):
+            return
+        deadline = time.monotonic() + self.check_s
+        while time.monotonic() < deadline:
+            if not self.killed and self.ctx.stop_requested():
+                return
+            stopping = any(s.state == "stopping" for s in self.steps)
+            time.sleep(min(0.2 if stopping else 0.5, max(0.0, deadline - time.monotonic())))
+            if stopping and any(not is_live(stage_status(self.root, s.stage))
+                                for s in self.steps if s.state == "stopping"):
+                return
+
     # ---- phase 1 --------------------------------------------------------------
     def drained(self, step: Step, depths: dict) -> bool:
         wanted = self.inputs.get(step.stage)
@@ -270,7 +285,7 @@ class Runner:
                             self.ask_stop(step, f"idle for {_duration(self.idle_stop_s)}")
             self.watchdog(statuses)
             self.publish()
-            time.sleep(self.check_s)
+            self.nap()
 
     # ---- between the phases ---------------------------------------------------
     def purge_dead(self) -> None:
