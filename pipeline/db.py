@@ -317,7 +317,24 @@ CREATE TABLE runner_steps (
 CREATE INDEX runner_steps_run ON runner_steps(run_started);
 """
 
-MIGRATIONS: list[str] = [_V1, _V2]
+# v3: what the schedule ran when, and with what result (pipeline/schedule.py).
+_V3 = """
+CREATE TABLE IF NOT EXISTS schedule_runs (
+    run_id      INTEGER PRIMARY KEY,
+    job         TEXT NOT NULL,
+    trigger     TEXT NOT NULL,          -- cron, launchd, run-due, manual
+    started_at  REAL NOT NULL,
+    finished_at REAL,
+    exit_code   INTEGER,
+    outcome     TEXT,                   -- ok, failed, busy, interrupted
+    step        TEXT,
+    pid         INTEGER,
+    output_tail TEXT
+);
+CREATE INDEX IF NOT EXISTS schedule_runs_job ON schedule_runs(job, started_at);
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -318,18 +318,21 @@ class Runner:
                 step.state, step.outcome, step.reason = "skipped", "skipped", "KILL_PIPELINE"
                 self.record_step(step)
                 continue
+            # prove the step's volumes are mounted and writable before it runs: a missing
+            # one skips what needs it (with an alert), the rest runs
             preflight = _stage_hook(stage, "preflight")
-            problems = []
+            problems, runnable = [], True
             if preflight is not None:
                 try:
-                    problems = list(preflight(self.root, args) or [])
+                    problems, runnable = preflight(self.root, args)
                 except Exception as exc:
-                    problems = [f"preflight failed: {exc}"]
+                    problems, runnable = [f"preflight failed: {exc}"], False
             if problems:
+                self.alerter.send("volume_missing", f"{step.name}: " + "; ".join(problems))
+            if not runnable:
                 step.state, step.outcome, step.reason = "skipped", "skipped", "; ".join(problems)
                 step.started_at = step.ended_at = time.time()
                 self.record_step(step)
-                self.alerter.send("volume_missing", f"{step.name} skipped: {step.reason}")
                 continue
             try:
                 status = start_detached(self.root, stage, args)

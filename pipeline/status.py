@@ -13,9 +13,35 @@ from pipeline.db import IMAGE_STATES, DBError, open_db, queue_depths
 from pipeline.locks import LockTracker
 from pipeline.stage import PIPELINE_ORDER, STAGES, stage_status
 
+def runner_section(root, conn) -> dict | None:
+    """The weekly run: the last summary and the recent alerts (for the console)."""
+    if conn is None:
+        return None
+    from pipeline.alerts import recent_alerts
+    from pipeline.runner import summary_json
+
+    last = summary_json(conn)
+    return {"last_run": None if last is None else {k: last[k] for k in ("started", "ended", "killed", "summary")},
+            "alerts": recent_alerts(conn, 20)}
+
+
 # Extra sections other parts add to the snapshot (e.g. the remote hosts' stages, backup
 # schedule), as name -> function(root, conn) -> JSON-able value.
-SECTIONS: dict[str, Callable] = {}
+def _lazy(module: str, func: str) -> Callable:
+    def section(root, conn):
+        import importlib
+
+        return getattr(importlib.import_module(module), func)(root, conn)
+
+    return section
+
+
+SECTIONS: dict[str, Callable] = {
+    "runner": runner_section,
+    "backup_targets": _lazy("pipeline.backup", "status_section"),
+    "disk": _lazy("pipeline.housekeeping", "disk_section"),
+    "schedule": _lazy("pipeline.schedule", "status_section"),
+}
 
 
 def local_stage_names(root) -> list[str]:

@@ -174,3 +174,22 @@ def test_watchdog_fires_once_per_stall(tmp_root, smtp, tmp_path):
     wait_for(lambda: stage_status(tmp_root, "pipeline")["state"] == "stopped", timeout=60, what="runner exit")
     assert stalls_in_first == 1
 
+
+
+def test_backup_target_that_is_not_a_mounted_volume_is_refused(tmp_root, smtp, tmp_path):
+    not_a_volume = tmp_path / "HDD1TB"
+    not_a_volume.mkdir()
+    _configure(tmp_root, smtp, tmp_path, runner=(
+        'phase1 = ["selftest --once --work-s 0"]\ndriver = "selftest"\n'
+        'phase2 = ["backup", "selftest --units 1 --work-s 0"]\n'))
+    with open(tmp_root.config_path, "a") as fh:
+        fh.write(f'[backup.targets.hdd]\nkind = "volume"\npath = "{not_a_volume}"\n')
+    out = run_cli("run", "pipeline", root=tmp_root, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    conn = db.open_db(tmp_root)
+    steps = dict(conn.execute("SELECT step, outcome FROM runner_steps").fetchall())
+    assert steps["backup"] == "skipped"
+    assert steps["selftest --units 1 --work-s 0"] == "ok"  # the rest of phase 2 still ran
+    missing = [a for a in _alerts(tmp_root) if a[0] == "volume_missing"]
+    assert missing and "not a mounted volume" in missing[0][1]
+    assert list(not_a_volume.iterdir()) == []  # nothing was written into the empty mount point

@@ -58,8 +58,13 @@ def _core_part(root: Root, port: int) -> dict[str, dict]:
     }
 
 
+def _backup_part(root: Root, port: int) -> dict[str, dict]:
+    """One folder backup target inside the sandbox, so backups work out of the box."""
+    return {"backup.targets.sandbox": {"kind": "folder", "path": "backups", "create": True, "generations": 3}}
+
+
 # Each part returns config sections to merge into the sandbox's imageselector.toml.
-SANDBOX_PARTS: list[Callable[[Root, int], dict[str, dict]]] = [_core_part]
+SANDBOX_PARTS: list[Callable[[Root, int], dict[str, dict]]] = [_core_part, _backup_part]
 
 
 def is_sandbox(path: Path) -> bool:
