@@ -127,6 +127,9 @@ class Runner:
             step.exit_code = last.get("code")
             step.outcome = last.get("outcome") or "ok"
             step.reason = last.get("reason", "") if step.outcome != "ok" else ""
+            resumable = _stage_hook(step.stage, "RESUMABLE_EXITS") or {}
+            if step.exit_code in resumable:  # e.g. sync's quota stop: not a failure
+                step.outcome, step.reason = "deferred", resumable[step.exit_code]
         self.log.info("step %s", step.line())
         self.record_step(step)
         if step.outcome in ("failed", "crashed"):
