@@ -67,7 +67,7 @@ def test_install_into_a_crontab_file_keeps_other_lines(tmp_root, tmp_path):
     assert text.startswith("MAILTO=me\n7 7 * * * /usr/bin/true\n")
     assert f"# BEGIN imageselector {tmp_root.path}" in text
     assert "0 21 * * 6 cd " in text and "schedule run pipeline-weekly --trigger cron" in text
-    assert text.count("schedule run") == 7
+    assert text.count("schedule run") == 8  # the seed's seven jobs + the daily sync
     root = write_config(tmp_root, '[schedule.jobs.housekeeping]\nenabled = false\n')
     install(root, platform="linux", crontab_file=tab)             # reinstall replaces the block
     text = tab.read_text()
