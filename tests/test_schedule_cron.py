@@ -71,7 +71,7 @@ def test_install_into_a_crontab_file_keeps_other_lines(tmp_root, tmp_path):
     root = write_config(tmp_root, '[schedule.jobs.housekeeping]\nenabled = false\n')
     install(root, platform="linux", crontab_file=tab)             # reinstall replaces the block
     text = tab.read_text()
-    assert text.count("# BEGIN imageselector") == 1 and text.count("schedule run") == 6
+    assert text.count("# BEGIN imageselector") == 1 and text.count("schedule run") == 7
     plan = install(root, platform="linux", crontab_file=tab, dry_run=True, uninstall=True)
     assert tab.read_text() == text                                  # a dry run changes nothing
     assert "imageselector" not in plan.text
