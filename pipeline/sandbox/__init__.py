@@ -63,8 +63,15 @@ def _backup_part(root: Root, port: int) -> dict[str, dict]:
     return {"backup.targets.sandbox": {"kind": "folder", "path": "backups", "create": True, "generations": 3}}
 
 
+def _small_batches_part(root: Root, port: int) -> dict[str, dict]:
+    """A few hundred listings: small batches and tars, so every queue moves in minutes."""
+    return {"orchestrate": {"batch_size": 50}, "archive": {"images_per_tar": 100},
+            "download": {"min_free_gb": 1.0}}
+
+
 # Each part returns config sections to merge into the sandbox's imageselector.toml.
-SANDBOX_PARTS: list[Callable[[Root, int], dict[str, dict]]] = [_core_part, _backup_part]
+SANDBOX_PARTS: list[Callable[[Root, int], dict[str, dict]]] = [_core_part, _backup_part,
+                                                              _small_batches_part]
 
 
 def is_sandbox(path: Path) -> bool:
