@@ -2,6 +2,8 @@
 
     store = open_store(root, conn)          # recovers whatever a killed writer left
     store.import_batch(batch_id, ids, {model: (n, dim) float32, ...}, fingerprint, conn)
+    store.adopt_shard(n, ids, hashes, {model: IndexFlatIP file}, fingerprint, capacity)
+                                            # the original's shard, by hard link (adoption)
     problems, summary = verify(root)        # [] when every file and the DB agree
     rebuild(root)                           # re-derive FAISS files and image_index.json
 
@@ -11,8 +13,9 @@ model registry (pipeline.models.VECTOR_ORDER / VECTOR_DIMS).
 from __future__ import annotations
 
 from pipeline.indexstore.shard import Shard, list_shard_numbers  # noqa: F401
-from pipeline.indexstore.store import (BatchRejected, FingerprintMismatch,  # noqa: F401
-                                       ImportResult, IndexStore, registry_layout)
+from pipeline.indexstore.store import (AdoptResult, BatchRejected,  # noqa: F401
+                                       FingerprintMismatch, ImportResult, IndexStore,
+                                       registry_layout)
 
 
 def open_store(root, conn=None, **overrides) -> IndexStore:

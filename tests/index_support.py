@@ -154,3 +154,63 @@ class Collection:
 
     def query(self, models=None, noise: float = 0.3) -> dict[str, np.ndarray]:
         return {m: _noisy(self.rng, self.base[m], noise) for m in (models or ORDER)}
+
+
+# ---- files shared by hard link with another system's files --------------------------------
+
+def file_ids(paths) -> dict:
+    """(st_dev, st_ino) -> path of each existing file."""
+    import os
+
+    out = {}
+    for p in paths:
+        st = os.stat(p)
+        out[(st.st_dev, st.st_ino)] = str(p)
+    return out
+
+
+def sha_of(paths) -> dict:
+    import hashlib
+
+    return {str(p): hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths}
+
+
+class WriteOpenRecorder:
+    """Records every open for writing (builtins/io open with w, a, x or +; os.open with a
+    write flag) of an existing file whose inode is one of ``protected`` ((st_dev, st_ino) ->
+    name): such a file must only ever be opened read-only. Use with pytest's monkeypatch."""
+
+    def __init__(self, monkeypatch, protected: dict):
+        import builtins
+        import io
+        import os
+
+        self.protected = dict(protected)
+        self.hits: list[str] = []
+        self.opens = 0
+        real_open, real_os_open = builtins.open, os.open
+        wflags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
+
+        def check(path, writing: bool):
+            self.opens += 1
+            if not writing or isinstance(path, int):
+                return
+            try:
+                st = os.stat(path)
+            except (OSError, TypeError, ValueError):
+                return
+            key = (st.st_dev, st.st_ino)
+            if key in self.protected:
+                self.hits.append(f"{path} (= {self.protected[key]})")
+
+        def fake_open(file, mode="r", *a, **kw):
+            check(file, any(c in str(mode) for c in "wax+"))
+            return real_open(file, mode, *a, **kw)
+
+        def fake_os_open(path, flags, *a, **kw):
+            check(path, bool(flags & wflags))
+            return real_os_open(path, flags, *a, **kw)
+
+        monkeypatch.setattr(builtins, "open", fake_open)
+        monkeypatch.setattr(io, "open", fake_open)
+        monkeypatch.setattr(os, "open", fake_os_open)

@@ -4,13 +4,14 @@ a dry run writes nothing and reports what it would adopt."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 
 import pytest
 
-from original_support import (SYNC_PROGRESS, adopted_digest, build_original, root_config,
-                              tree_digest)
+from original_support import (ORDER, SYNC_PROGRESS, adopted_digest, build_original,
+                              root_config, tree_digest)
 from support import run_cli
 
 pytestmark = pytest.mark.timeout(180)
@@ -128,13 +129,25 @@ def test_tables_and_crawl_progress_are_mapped(original, adopted):
 
 
 def test_finalized_files_are_linked_not_copied(original, adopted):
-    import os
 
     root = adopted["root"]
     o = original.path
     assert os.path.samefile(root.tars_dir / "imageall_00000.tar", o / "images/imagetarred/imageall_00000.tar")
     assert os.path.samefile(root.embeddings_dir / "shard_0000/dinov2_large.faiss",
                             o / "data/embeddings/shard_0000/dinov2_large.faiss")
+    # finalized shards: the original's flat files are the parts and the derived files
+    # (one inode, three names); the active shard is a copy (the original rewrites it)
+    for s in range(len(original.shards) - 1):
+        for m in ORDER:
+            src = os.stat(o / f"data/embeddings/shard_{s:04d}/{m}.faiss")
+            shard_dir = root.embeddings_dir / f"shard_{s:04d}"
+            part = os.stat(shard_dir / f"parts/b000001.{m}.flat.faiss")
+            derived = os.stat(shard_dir / f"{m}.faiss")
+            assert part.st_ino == derived.st_ino == src.st_ino and src.st_nlink == 3
+    assert not list((root.embeddings_dir / "shard_0000/parts").glob("*.clip_vitb32.npy"))
+    assert adopted["report"]["adopted"]["files"]["copied"] == len(ORDER) + 1   # + last primary tar
+    for m in ORDER:
+        assert os.stat(o / f"data/embeddings/shard_0002/{m}.faiss").st_nlink == 1
     # the active shard and the last primary tar are new files (appended to later)
     assert not os.path.samefile(root.embeddings_dir / "shard_0002/dinov2_large.faiss",
                                 o / "data/embeddings/shard_0002/dinov2_large.faiss")
@@ -142,6 +155,48 @@ def test_finalized_files_are_linked_not_copied(original, adopted):
     assert not os.path.samefile(root.primary_dir / last.name, last)
     assert os.path.samefile(root.primary_dir / "imageprimary_00000.tar",
                             o / "images/imageprimary/imageprimary_00000.tar")
+
+
+def test_rebuild_and_later_imports_leave_the_linked_files_alone(original, tmp_path, monkeypatch):
+    """The original is only ever opened read-only (adoption, `index rebuild`, imports that
+    fill the adopted active shard and open a new one): hard links share the inode, so one
+    write would change the original. Afterwards verify passes and search finds the twin."""
+    from index_support import WriteOpenRecorder, add_batch, file_ids, sha_of, vectors_for
+    from pipeline.adopt import adopt
+    from pipeline.db import open_db
+    from pipeline.index import IndexStore, rebuild
+    from pipeline.root import Root
+
+    flat = sorted((original.path / "data/embeddings").glob("shard_*/*.faiss"))
+    before, digest = sha_of(flat), tree_digest(original.path)
+    recorder = WriteOpenRecorder(monkeypatch, file_ids(p for p in original.path.rglob("*") if p.is_file()))
+    root_config(tmp_path / "root", original.spec)
+    root = Root(tmp_path / "root")
+    assert adopt(root, original.path).ok
+    assert rebuild(root) == [0, 1, 2]
+    store = IndexStore.for_root(root)
+    store.open()
+    conn = open_db(root)
+    try:
+        ids = add_batch(conn, 1, 60, 9_000_000)   # 50 fill shard 2, 10 open shard 3
+        res = store.import_batch(1, ids, vectors_for(ids), store.fingerprint, conn)
+        assert res.imported == 60 and [sl[0] for sl in res.slices] == [2, 3]
+    finally:
+        conn.close()
+    assert recorder.opens > 100 and recorder.hits == []
+    monkeypatch.undo()
+    assert sha_of(flat) == before and tree_digest(original.path) == digest
+    for m in ORDER:
+        assert os.path.samefile(root.embeddings_dir / f"shard_0001/{m}.faiss",
+                                original.path / f"data/embeddings/shard_0001/{m}.faiss")
+    proc = run_cli("index", "verify", "--json", root=root)
+    out = json.loads(proc.stdout)
+    assert proc.returncode == 0 and out["ok"], out["problems"]
+    assert [s["rows"] for s in out["per_shard"]] == [100, 100, 100, 10]
+    a, b = next(iter(original.twins.items()))
+    proc = run_cli("search", "--listing", a, "-k", "3", "--json", root=root)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["listing_id"] == b
 
 
 def test_second_adoption_changes_nothing(original, adopted, tmp_path):

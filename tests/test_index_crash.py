@@ -52,7 +52,7 @@ def test_import_killed_at_random_moments(tmp_root):
         store.import_batch(b, ids, vectors_for(ids), FP, conn)
         expected.extend(ids.tolist())
     rng = random.Random(20240611)
-    killed_mid = 0
+    killed_mid = killed_by_hook = 0
     for it in range(20):
         batch_id = 100 + it
         ids = add_batch(conn, batch_id, BATCH, 100_000 * (it + 1))
@@ -67,6 +67,7 @@ def test_import_killed_at_random_moments(tmp_root):
             os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         killed_mid += os.WIFSIGNALED(status)
+        killed_by_hook += os.WIFSIGNALED(status) and mode == "hook"
         # after the kill: opening recovers, and everything agrees
         store = IndexStore(tmp_root.embeddings_dir, capacity=CAPACITY)
         store.open(conn, repair_derived=False)
@@ -80,7 +81,8 @@ def test_import_killed_at_random_moments(tmp_root):
         assert_exactly_once(store, conn, expected)
         assert conn.execute("SELECT state FROM batches WHERE batch_id = ?",
                             (batch_id,)).fetchone()[0] == "imported"
-    assert killed_mid >= 10  # most children really died mid-import
+    # the hook kills are fixed by the seed (the timer ones depend on the machine's speed)
+    assert killed_by_hook >= 7 and killed_mid >= killed_by_hook
     assert len(store.shards) >= 9
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()

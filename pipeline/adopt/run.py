@@ -331,11 +331,13 @@ class Adoption(ShardPhase, TarPhase, DBPhase, PrimaryPhase):
         if self.link_mode == "auto" and f["shards"] and not shards_linkable:
             r.note(f"the original's shards are on another file system than {self.root.data_dir}: "
                    f"their flat index files would be copied, not linked")
-        extra = vec_bytes                                    # the parts: vectors copied once
-        extra += n_rows * (16 + 8 * len(order) + 110)        # ids, hashes, image_index.json
-        extra += last_rows * per_row                         # the active shard's flat files
+        # finalized shards: their flat files are the parts and the derived files by hard
+        # link (0 bytes), or one copy across file systems; the active shard: a copy as its
+        # parts plus its own appendable flat files
+        extra = 2 * last_rows * per_row
         if not shards_linkable:
-            extra += vec_bytes - last_rows * per_row         # finalized flat files copied too
+            extra += vec_bytes - last_rows * per_row
+        extra += n_rows * (16 + 8 * len(order) + 110)        # ids, hashes, image_index.json
         if not tars_linkable:
             extra += tar_bytes + prim_bytes
         elif prim_names:

@@ -1,6 +1,8 @@
 """The shards phase of an adoption: each original shard checked row by row (a damaged one
 replaced by its checked backup copy), staged and renamed into the index store; the
-positions of its images recorded in the scratch DB for the DB phases."""
+positions of its images recorded in the scratch DB for the DB phases. The store's
+``adopt_shard`` takes each accepted shard: hard links of a finalized shard's files, a copy of
+the active one, staged and renamed into place under the store lock."""
 from __future__ import annotations
 
 import time
@@ -18,8 +20,8 @@ class ShardPhase:
 
     # ---- shards -----------------------------------------------------------------------
     def _shards(self) -> None:
-        from pipeline.indexstore import derived
         from pipeline.indexstore.shard import Shard, list_shard_numbers, shard_dir_name
+        from pipeline.indexstore.store import BatchRejected
 
         order, dims = self.layout
         store = self._store()
@@ -29,7 +31,6 @@ class ShardPhase:
             self.report.note("the original has no index shards")
             return
         existing = [] if self.dry else list_shard_numbers(base)
-        types = self.root.config.get("index.types") or {}
         blocked: str | None = None
         with (store.locked() if not self.dry else nullcontext()):
             for i, (number, path) in enumerate(sources):
@@ -52,30 +53,23 @@ class ShardPhase:
                 src = sh.read_source(number, path, "data/embeddings", order, dims, self.capacity, last)
                 if blocked is not None:
                     if not self.quick:
-                        sh.check_vectors(src, order, None, self.threads)
+                        sh.check_vectors(src, order, self.threads)
                     state = "checked: fine" if src.ok else f"also bad: {src.why()}"
                     log.bad(rel, f"held back ({state})",
                             f"not adopted: {blocked} and the index store cannot hold a gap; "
                             f"its images are marked failed")
                     self._record_refused(number, src, f"{name} held back ({blocked})", log)
                     continue
-                staged = None
-                if src.ok and not self.dry:
-                    staged = sh.StagedShard(base, src, self.capacity, order,
-                                            self.fingerprint(store), self.durable)
                 if not self.quick:
                     t0 = time.perf_counter()
-                    sh.check_vectors(src, order, staged, self.threads)
+                    sh.check_vectors(src, order, self.threads)
                     self.log.info("%s: %d rows checked in %.1f s", name, src.rows, time.perf_counter() - t0)
                 for k, (r, m, g, w) in enumerate(src.mismatches):
                     log.inconsistent("hash_mismatches", f"{name} row {r} model {m}: vector hashes to "
                                                         f"{g}, image_index.json says {w}",
                                      src.n_mismatch if k == 0 else 0)
                 if not src.ok:
-                    if staged is not None:
-                        staged.abort()
-                        staged = None
-                    backup = self._try_backup(number, order, dims, last, store)
+                    backup = self._try_backup(number, order, dims, last)
                     if backup is None:
                         log.bad(rel, src.why(), f"refused (not adopted): its {src.rows:,} images are "
                                                 f"marked failed; the shards after it are held back")
@@ -83,26 +77,33 @@ class ShardPhase:
                         blocked = f"{name} was refused"
                         continue
                     log.bad(rel, src.why(), f"adopted from backups/{name} instead (checked row by row)")
-                    src, staged = backup
+                    src = backup
                 if self.dry:
                     log.count("shards", "checked and adoptable" if not self.quick else "adoptable (not hashed)")
                     log.count("index rows", "adoptable", src.rows)
                     self._record_positions(number, src.ids, log)
                     continue
-                full = src.rows >= self.capacity
-                links = [m for m in order if full and derived.normalise_type(types.get(m)) == derived.FLAT]
-                res = staged.commit(self.fingerprint(store), links, types,
-                                    int(self.root.config.get("index.train_rows")),
-                                    bool(self.root.config.get("index.build_on_import")), self.log,
-                                    self.link_mode)
-                staged.place()
-                self._set_pointer(number, staged.seq)
+                try:
+                    res = store.adopt_shard(number, src.ids, src.hashes,
+                                            {m: src.path / sh.faiss_name(m) for m in order},
+                                            self.fingerprint(store), self.capacity,
+                                            source_info=src.identity(order), link=self.link_mode,
+                                            conn=self.conn)
+                except BatchRejected as exc:
+                    log.bad(rel, str(exc), f"refused (not adopted): its {src.rows:,} images are "
+                                           f"marked failed; the shards after it are held back")
+                    self._record_refused(number, src, f"{name} refused: {exc}", log)
+                    blocked = f"{name} was refused"
+                    continue
                 log.count("shards", "adopted")
                 log.count("index rows", "adopted", src.rows)
-                log.count("files", "linked", res["linked"])
-                log.count("files", "bytes copied", res["copied_bytes"])
-                log.count("index rows", "vector bytes written to parts",
-                          src.rows * sum(src.dims.values()) * 4)
+                for key, n in (("linked", len(res.linked)), ("copied", len(res.copied)),
+                               ("bytes copied", res.copied_bytes)):
+                    if n:
+                        log.count("files", key, n)
+                if res.copied and src.rows >= self.capacity:
+                    log.note(f"{name}: {len(res.copied)} index files copied, not linked "
+                             f"({res.why_copied}): {res.copied_bytes:,} bytes of extra disk")
                 self._record_positions(number, src.ids, log)
             if not self.dry:
                 sh.remove_staging(base)
@@ -128,22 +129,15 @@ class ShardPhase:
         self._set_pointer(number, shard.slices[-1].seq if shard.slices else 0)
         self._record_positions(number, shard.ids(), log)
 
-    def _try_backup(self, number, order, dims, last, store):
+    def _try_backup(self, number, order, dims, last):
+        """The checked copy in backups/shard_NNNN, or None."""
         path = self.orig.backup_shard_dir(number)
         if not path.is_dir():
             return None
         src = sh.read_source(number, path, "backups", order, dims, self.capacity, last)
-        staged = None
-        if src.ok and not self.dry:
-            staged = sh.StagedShard(self.root.embeddings_dir, src, self.capacity, order,
-                                    self.fingerprint(store), self.durable)
         if not self.quick:
-            sh.check_vectors(src, order, staged, self.threads)
-        if not src.ok:
-            if staged is not None:
-                staged.abort()
-            return None
-        return src, staged
+            sh.check_vectors(src, order, self.threads)
+        return src if src.ok else None
 
     def _record_positions(self, number: int, ids, log: ItemLog) -> None:
         g0 = number * self.capacity

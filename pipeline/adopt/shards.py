@@ -12,37 +12,28 @@ Otherwise it is refused whole (never half-adopted) and its finalized copy in
 The index store's chain has no gaps (shard N starts where N-1 ends), so the shards after a
 refused one are checked and reported but held back.
 
-The adapter (``StagedShard``): the store has no call that takes existing vectors, so an
-adopted shard is written in the store's own on-disk format, in a staging folder
-(``data/embeddings/.adopt-staging/shard_NNNN``), and renamed into place under the store
-lock. The rename is the commit: a shard is in the store whole or not at all. Its parts are
-one batch line; the vectors are copied into the parts (the store reads vectors only from
-.npy parts), while a finalized shard's derived flat index files are hard links to the
-original's files (byte-for-byte the same format), so a finalized shard costs its vectors
-once, not twice. The API the store should offer to make the parts references as well is in
-bench/results/adopt.md.
+An accepted shard goes into the store with ``IndexStore.adopt_shard``: a finalized shard's
+seven IndexFlatIP files become the new shard's parts (``bSSSSSS.<model>.flat.faiss``) and its
+derived ``<model>.faiss`` by hard link, so it costs no extra disk for its vectors (a copy only
+across file systems); the last, active shard is copied (the original rewrites it in place).
+The store builds the shard in a staging folder and renames it into place: an adopted shard
+is in the store whole or not at all.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.adopt.files import place
 from pipeline.adopt.jsonstream import JSONShapeError, iter_array
-from pipeline.fsutil import fsync_dir
-from pipeline.indexstore import derived, flatfile
-from pipeline.indexstore import manifest as mf
+from pipeline.indexstore import flatfile
 from pipeline.indexstore import parts as pt
-from pipeline.indexstore.shard import Shard, shard_dir_name
+from pipeline.indexstore.shard import shard_dir_name
 
 IMAGE_INDEX = "image_index.json"
-STAGING = ".adopt-staging"
 CHUNK_ROWS = 4096
 MAX_MISMATCH_EXAMPLES = 5
 
@@ -185,10 +176,9 @@ def read_source(number: int, path: Path, via: str, order: list[str], dims: dict[
     return src
 
 
-def check_vectors(src: SourceShard, order: list[str], writer: "StagedShard | None" = None,
-                  threads: int = 4) -> None:
-    """Hash every vector of every model and compare with image_index.json (and, with a
-    writer, copy the vectors into the staged parts in the same pass)."""
+def check_vectors(src: SourceShard, order: list[str], threads: int = 4) -> None:
+    """Hash every vector of every model and compare with image_index.json (the original's
+    files read through read-only memory maps)."""
     if not src.ok or src.ids is None:
         return
     n = src.rows
@@ -205,8 +195,6 @@ def check_vectors(src: SourceShard, order: list[str], writer: "StagedShard | Non
             finite = np.isfinite(chunk).all(axis=1)
             if not finite.all():
                 nonfinite.extend(lo + int(r) for r in np.nonzero(~finite)[0])
-            if writer is not None and not bad:
-                writer.write(m, lo, chunk)
         return bad, nonfinite
 
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(order)))) as pool:
@@ -221,99 +209,7 @@ def check_vectors(src: SourceShard, order: list[str], writer: "StagedShard | Non
     src.checked = True
 
 
-# ---------------------------------------------------------------------------
-# The adapter: an adopted shard in the store's on-disk format
-# ---------------------------------------------------------------------------
-class StagedShard:
-    """One adopted shard being written under data/embeddings/.adopt-staging/."""
-
-    def __init__(self, store_base: Path, src: SourceShard, capacity: int, order: list[str],
-                 fingerprint: str, durable: bool = True):
-        self.base = Path(store_base)
-        self.staging = self.base / STAGING
-        self.src = src
-        self.order = order
-        self.durable = durable
-        path = self.staging / shard_dir_name(src.number)
-        if path.exists():
-            shutil.rmtree(path)  # left by a run that died before its rename
-        self.staging.mkdir(parents=True, exist_ok=True)
-        header = {"capacity": int(capacity), "first_global_row": src.number * int(capacity),
-                  "vector_order": list(order), "dims": {m: int(src.dims[m]) for m in order},
-                  "fingerprint": fingerprint, "created": time.time(),
-                  "adopted_from": src.identity(order)}
-        self.shard = Shard.create(self.staging, src.number, header, durable)
-        self.seq = self.shard.next_seq()
-        self.mm = {m: np.lib.format.open_memmap(pt.part_path(self.shard.parts_dir, self.seq, m),
-                                                mode="w+", dtype="<f4", shape=(src.rows, src.dims[m]))
-                   for m in order}
-
-    @property
-    def path(self) -> Path:
-        return self.shard.path
-
-    def write(self, model: str, lo: int, chunk: np.ndarray) -> None:
-        self.mm[model][lo:lo + len(chunk)] = chunk
-
-    def commit(self, fingerprint: str, link_models: list[str], index_types: dict,
-               train_rows: int, build_final: bool, log=None, link_mode: str = "auto") -> dict:
-        """Make the parts durable, append the batch line (the shard's content is now fixed),
-        then the derived files: hard links for a finalized shard's flat indexes, the rest
-        built by the store's own derived-file code. Returns {"linked": n, "copied_bytes": b}."""
-        src, n = self.src, self.src.rows
-        for m in self.order:
-            mm = self.mm.pop(m)
-            mm.flush()
-            del mm
-            if self.durable:
-                _fsync_file(pt.part_path(self.shard.parts_dir, self.seq, m))
-        pt.write_array(pt.part_path(self.shard.parts_dir, self.seq, "ids"), src.ids, self.durable)
-        pt.write_array(pt.part_path(self.shard.parts_dir, self.seq, "hashes"), src.hashes, self.durable)
-        if self.durable:
-            fsync_dir(self.shard.parts_dir)
-        first = self.shard.first_global_row
-        entry = {"kind": "batch", "seq": self.seq, "batch_id": adopted_batch_id(src.number),
-                 "start": 0, "n": n, "offset": 0, "total": n, "fingerprint": fingerprint,
-                 "first": [src.number, first], "t": time.time(),
-                 "adopted": {"shard": src.name, "via": src.via}}
-        mf.append_entry(self.shard.manifest_path, entry, self.durable)
-        self.shard.load(repair=False)
-        files, linked, copied = {}, 0, 0
-        for m in link_models:
-            placed = place(src.path / faiss_name(m), self.shard.faiss_path(m), link_mode, self.durable)
-            linked += placed.how == "linked"
-            copied += placed.bytes_copied
-            files[m] = {"rows": n, "size": self.shard.faiss_path(m).stat().st_size,
-                        "type": derived.FLAT}
-        if files:
-            self.shard.write_derived_state({"files": files, "rows": None,
-                                            "manifest_bytes": self.shard.manifest_bytes}, self.durable)
-        derived.refresh(self.shard, index_types, train_rows, self.durable, build_final, log)
-        return {"linked": linked, "copied_bytes": copied}
-
-    def place(self) -> Path:
-        """Rename the staged shard into the store (call under the store lock)."""
-        final = self.base / shard_dir_name(self.src.number)
-        if final.exists():
-            raise FileExistsError(f"{final} exists")
-        os.rename(self.shard.path, final)
-        fsync_dir(self.base)
-        return final
-
-    def abort(self) -> None:
-        for mm in self.mm.values():
-            del mm
-        self.mm = {}
-        shutil.rmtree(self.shard.path, ignore_errors=True)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def remove_staging(store_base: Path) -> None:
+    from pipeline.indexstore.store import STAGING
+
     shutil.rmtree(Path(store_base) / STAGING, ignore_errors=True)

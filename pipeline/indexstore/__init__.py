@@ -8,6 +8,9 @@ Layout of one shard, ``data/embeddings/shard_NNNN/``::
     parts/bSSSSSS.ids.npy      int64 (n, 2): listing_id, image_id
     parts/bSSSSSS.hashes.npy   uint64 (n, models): first 12 hex digits of md5 per vector
     parts/bSSSSSS.<model>.npy  float32 (n, dim), one per model, in the manifest's order
+    parts/bSSSSSS.<model>.flat.faiss   instead of the .npy in a shard adopted from the
+                          original system (IndexStore.adopt_shard): its IndexFlatIP file, a
+                          hard link (never written); the line's "files" names it
     <model>.faiss         derived: IndexFlatIP while active (extended in place), the
                           configured type once the shard is full (written once)
     image_index.json      derived: row N -> [listing_id, image_id, global_row, h1..h7]

@@ -49,6 +49,15 @@ def apply_slice(conn, shard: Shard, s: BatchSlice, now: float | None = None) -> 
     return moved
 
 
+@dbm.retry_on_busy
+def move_pointer(conn, shard: int, seq: int) -> None:
+    """Record that everything up to line ``seq`` of ``shard`` is in the DB (an adopted shard,
+    whose images the adoption maps itself); never moves the pointer back."""
+    with dbm.transaction(conn):
+        if (int(shard), int(seq)) > applied_pointer(conn):
+            dbm.put_state(conn, APPLIED_KEY, {"shard": int(shard), "seq": int(seq)})
+
+
 def importable_rows(conn, batch_id: int, ids: np.ndarray) -> dict[int, str]:
     """Rows of an offered batch that may NOT be imported, with the reason: the image must
     exist and be `batched` (for this batch, when the DB names one)."""

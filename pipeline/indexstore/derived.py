@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from pipeline.fsutil import fsync_dir
 from pipeline.indexstore import flatfile
 from pipeline.indexstore import parts as pt
 from pipeline.indexstore.shard import Shard
@@ -40,6 +41,12 @@ def _extend_image_index(shard: Shard, rec: dict | None, durable: bool, repair: b
         actual = path.stat().st_size
     except FileNotFoundError:
         actual = -1
+    if flatfile.is_shared(path):
+        # never written in place while it has other names: rewritten as a new file
+        if rec is not None and not repair:
+            return rec
+        path.unlink()
+        actual, rec = -1, None
     if rec is None or actual < size or (done and size < len(_TAIL)):
         if rec is not None and not repair:
             return rec  # damaged, not merely behind: left for verify to report
@@ -79,7 +86,10 @@ def _extend_flat(shard: Shard, model: str, rec: dict | None, durable: bool, repa
     try:
         actual = path.stat().st_size
         fdim, _ = flatfile.read_header(path)
-        usable = fdim == dim and actual >= flatfile.file_size(dim, done)
+        # a file with other hard links (e.g. still the link of an adopted shard's part from
+        # when it was full) is never appended to: it is replaced by a new file
+        usable = fdim == dim and actual >= flatfile.file_size(dim, done) \
+            and not flatfile.is_shared(path)
     except (FileNotFoundError, flatfile.NotFlat):
         usable = False
     if not usable or rec is None or rec.get("type") != FLAT:
@@ -96,6 +106,48 @@ def _extend_flat(shard: Shard, model: str, rec: dict | None, durable: bool, repa
     for s, off in shard.slices_from(done):
         done = flatfile.append_rows(path, dim, done, shard.part(s, model)[off:], durable)
     return {"rows": total, "size": flatfile.file_size(dim, total), "type": FLAT}
+
+
+def _flat_part(shard: Shard, model: str) -> Path | None:
+    """The one part holding all of a shard's rows of ``model`` as an IndexFlatIP file (an
+    adopted shard's), else None."""
+    if len(shard.slices) != 1 or shard.slices[0].n != shard.rows:
+        return None
+    path = shard.part_file(shard.slices[0], model)
+    return path if pt.is_flat_part(path) else None
+
+
+def _link_flat(shard: Shard, model: str, part: Path, rec: dict | None, durable: bool,
+               repair: bool) -> dict | None:
+    """A full Flat shard whose rows are one IndexFlatIP part: the derived file is a hard link
+    of the part (same bytes; neither is ever written). None when linking is impossible here
+    (the caller then builds a copy)."""
+    path = shard.faiss_path(model)
+    dim, total = shard.dims[model], shard.rows
+    out = {"rows": total, "size": flatfile.file_size(dim, total), "type": FLAT, "linked": part.name}
+    try:
+        if os.path.samefile(path, part):
+            return out
+    except FileNotFoundError:
+        pass
+    if rec is not None and not repair:
+        return rec  # damaged, not merely behind: left for verify to report
+    try:
+        fdim, ntotal = flatfile.read_exact_header(part)
+    except (OSError, flatfile.NotFlat):
+        return None  # the part is damaged: verify names it; the derived file is built from it
+    if (fdim, ntotal) != (dim, total):
+        return None
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(part, tmp)
+    except OSError:
+        return None
+    os.replace(tmp, path)
+    if durable:
+        fsync_dir(path.parent)
+    return out
 
 
 def _build_final(shard: Shard, model: str, kind: str, rec: dict | None, train_rows: int,
@@ -132,7 +184,9 @@ def refresh(shard: Shard, index_types: dict[str, str], train_rows: int = 100_000
         elif shard.full and rec and rec.get("type") not in (None, FLAT) and rec.get("rows") == shard.rows:
             files[model] = rec  # already written once in its final type
         else:
-            files[model] = _extend_flat(shard, model, rec, durable, repair)
+            part = _flat_part(shard, model) if shard.full and kind == FLAT else None
+            linked = _link_flat(shard, model, part, rec, durable, repair) if part else None
+            files[model] = linked or _extend_flat(shard, model, rec, durable, repair)
     files["image_index.json"] = _extend_image_index(shard, files.get("image_index.json"), durable,
                                                     repair)
     rows = {f.get("rows") for f in files.values()}

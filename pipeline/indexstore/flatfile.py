@@ -6,7 +6,8 @@ dummy int64 (1<<20), is_trained (uint8), metric_type (int32), the number of floa
 rows after the old ones and then patches the two counts in the header, so a 500,000-row
 shard never has its 1.5 GB rewritten. The derived-state record (derived.json) says how many
 rows and bytes the file holds after the last finished append; anything beyond is cut off.
-tests/test_index_flatfile.py checks this layout against ``faiss.serialize_index``.
+tests/test_index_store.py (test_flat_layout_matches_faiss) checks this layout against
+``faiss.serialize_index``; ``read_exact_header`` checks it on every file read as a part.
 """
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ _COUNT_AT = 37
 
 class NotFlat(ValueError):
     """The file is not a plain IndexFlatIP (e.g. HNSW or IVF)."""
+
+
+class SharedFile(RuntimeError):
+    """An in-place write was asked of a file that has other hard links (an adopted shard's
+    file shares its inode with the original's): writing would change the other name too."""
 
 
 def header_bytes(dim: int, ntotal: int) -> bytes:
@@ -47,12 +53,47 @@ def read_header(path: Path) -> tuple[int, int]:
     return dim, ntotal
 
 
+def read_exact_header(path: Path) -> tuple[int, int]:
+    """(dim, ntotal) of a file that is exactly an IndexFlatIP as faiss serializes it: every
+    header byte as ``header_bytes`` writes it (fourcc, counts, the two dummies, is_trained,
+    inner-product metric, float count) and the size header + rows, nothing after. Only then
+    do the rows sit at HEADER_SIZE; NotFlat (naming what differs) otherwise."""
+    dim, ntotal = read_header(path)
+    with open(path, "rb") as fh:
+        head = fh.read(HEADER_SIZE)
+        size = os.fstat(fh.fileno()).st_size
+    want = header_bytes(dim, ntotal)
+    if head != want:
+        at = next(i for i in range(HEADER_SIZE) if head[i] != want[i])
+        raise NotFlat(f"{path}: header byte {at} is {head[at]}, an IndexFlatIP (inner product) "
+                      f"header has {want[at]} there")
+    if size != file_size(dim, ntotal):
+        raise NotFlat(f"{path}: {size:,} bytes, its header says {ntotal:,} rows of dim {dim} "
+                      f"({file_size(dim, ntotal):,} bytes)")
+    return dim, ntotal
+
+
 def file_size(dim: int, ntotal: int) -> int:
     return HEADER_SIZE + ntotal * dim * 4
 
 
+def is_shared(path: Path) -> bool:
+    """Whether ``path`` has other hard links (then it must never be written in place)."""
+    try:
+        return os.stat(path).st_nlink > 1
+    except FileNotFoundError:
+        return False
+
+
+def _refuse_shared(path: Path) -> None:
+    if is_shared(path):
+        raise SharedFile(f"{path} has other hard links (shared with the original system's "
+                         f"files); it is never written in place")
+
+
 def create(path: Path, dim: int, durable: bool = True) -> None:
-    with open(path, "wb") as fh:
+    Path(path).unlink(missing_ok=True)  # a new inode, never a truncated shared one
+    with open(path, "xb") as fh:
         fh.write(header_bytes(dim, 0))
         fh.flush()
         if durable:
@@ -61,6 +102,7 @@ def create(path: Path, dim: int, durable: bool = True) -> None:
 
 def truncate_to(path: Path, dim: int, ntotal: int, durable: bool = True) -> None:
     """Bring a file back to exactly ``ntotal`` rows (after an append that did not finish)."""
+    _refuse_shared(path)
     with open(path, "r+b") as fh:
         fh.truncate(file_size(dim, ntotal))
         fh.seek(0)
@@ -77,6 +119,7 @@ def append_rows(path: Path, dim: int, old_rows: int, rows: np.ndarray, durable: 
     if rows.ndim != 2 or rows.shape[1] != dim:
         raise ValueError(f"{path}: rows of shape {rows.shape} do not fit dim {dim}")
     new_rows = old_rows + rows.shape[0]
+    _refuse_shared(path)
     with open(path, "r+b") as fh:
         fh.seek(file_size(dim, old_rows))
         fh.write(memoryview(rows).cast("B"))

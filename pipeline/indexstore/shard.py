@@ -165,13 +165,27 @@ class Shard:
         return len(self.entries)
 
     # ---- parts ------------------------------------------------------------------
+    def part_file(self, s: BatchSlice, name: str) -> Path:
+        """The part's path: the manifest line's ``"files"`` entry when it names one (an
+        adopted shard's ``.flat.faiss`` parts), else ``bSSSSSS.<name>.npy``."""
+        named = (s.entry.get("files") or {}).get(name)
+        if named is None:
+            return pt.part_path(self.parts_dir, s.seq, name)
+        if not isinstance(named, str) or not pt.check_part_name(named, s.seq, name):
+            raise UserError(f"{self.manifest_path}: line {s.seq} names {named!r} as its {name} "
+                            f"part, not a part file of that line")
+        return self.parts_dir / named
+
     def part(self, s: BatchSlice, name: str, mmap: bool = True) -> np.ndarray:
-        path = pt.part_path(self.parts_dir, s.seq, name)
+        path = self.part_file(s, name)
         try:
             return pt.read_array(path, mmap=mmap)
         except FileNotFoundError:
             raise UserError(f"{self.path.name}: part {path.name} named by manifest line "
                             f"{s.seq} is missing") from None
+        except ValueError as exc:
+            raise UserError(f"{self.path.name}: part {path.name} named by manifest line "
+                            f"{s.seq} is unreadable ({exc})") from None
 
     def ids(self) -> np.ndarray:
         if not self.slices:
