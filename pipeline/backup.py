@@ -612,7 +612,18 @@ def _write_generation(root, target: Target, between, log, now) -> Outcome:
         db_size = root.db_path.stat().st_size + _size_or_zero(Path(str(root.db_path) + "-wal"))
     except FileNotFoundError:
         raise BackupError(f"backup target {target.name}: no DB at {root.db_path}") from None
-    need = db_size + sum(st.st_size for rel, st in files if not _linkable(prev_files.get(rel), st))
+    # files that are one inode under several names (an adopted shard's part and its derived
+    # index) are copied once per generation and linked under their other names
+    seen_inodes: set[tuple[int, int]] = set()
+    need = db_size
+    for rel, st in files:
+        if _linkable(prev_files.get(rel), st):
+            continue
+        if st.st_nlink > 1:
+            if (st.st_dev, st.st_ino) in seen_inodes:
+                continue
+            seen_inodes.add((st.st_dev, st.st_ino))
+        need += st.st_size
     reserve = int(root.config.get("backup.min_free_bytes"))
     free = _free_bytes(tpath) - reserve
     limit = free
@@ -633,6 +644,7 @@ def _write_generation(root, target: Target, between, log, now) -> Outcome:
         manifest_files[DB_REL] = [db_bytes, sha256_file(db_copy), None]
         # 2. the rest of data/, linked from the previous generation where unchanged
         linked = copied = 0
+        copied_inodes: dict[tuple[int, int], str] = {}
         for rel, st in files:
             if between is not None and not between():
                 raise BackupAborted(f"backup target {target.name}: stopped (kill file or signal) "
@@ -648,11 +660,22 @@ def _write_generation(root, target: Target, between, log, now) -> Outcome:
                     continue
                 except OSError:
                     pass  # a filesystem without hard links: copy
+            twin = copied_inodes.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
+            if twin is not None:
+                try:
+                    os.link(tmp / twin, dst)
+                    manifest_files[rel] = list(manifest_files[twin][:2]) + [st.st_mtime_ns]
+                    linked += 1
+                    continue
+                except OSError:
+                    pass
             try:
                 n, digest = copy_file(root.path / rel, dst, budget)
             except FileNotFoundError:
                 continue  # removed since the walk (e.g. an orphan part cleaned up)
             manifest_files[rel] = [n, digest, st.st_mtime_ns]
+            if st.st_nlink > 1:
+                copied_inodes[(st.st_dev, st.st_ino)] = rel
             copied += 1
         # 3. the root's config (no secrets by design)
         for cfg_name in ("imageselector.toml", "hosts.toml"):

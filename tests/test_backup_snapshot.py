@@ -284,3 +284,30 @@ def test_verify_finds_a_damaged_generation(tmp_root, tmp_path):
     proc = cli("backup", "verify", root=root)
     assert proc.returncode == 1 and "checksum" in proc.stdout
     assert _status(root)["main"]["verified"] is False
+
+
+def test_one_inode_under_two_names_is_copied_once(tmp_path):
+    """An adopted shard's part and its derived index are one file: the snapshot keeps them
+    one file too, instead of doubling those vectors on the backup disk."""
+    import os
+
+    from pipeline.backup import verify_generation
+    from pipeline.db import open_db
+    from pipeline.root import Root
+    from tests.support import run_cli
+
+    root = Root(tmp_path / "root").ensure()
+    open_db(root).close()
+    root.config_path.write_text(f'[backup.targets.t]\nkind = "folder"\npath = "{tmp_path / "bk"}"\n'
+                                "create = true\n")
+    shard = root.embeddings_dir / "extra"
+    shard.mkdir(parents=True)
+    (shard / "a.part").write_bytes(os.urandom(200_000))
+    os.link(shard / "a.part", shard / "b.faiss")
+    out = run_cli("run", "backup", "--once", root=root)
+    assert out.returncode == 0, out.stderr
+    (gen,) = [p for p in (tmp_path / "bk").iterdir() if p.name.startswith("data_")]
+    a, b = gen / "data/embeddings/extra/a.part", gen / "data/embeddings/extra/b.faiss"
+    assert a.read_bytes() == b.read_bytes() == (shard / "a.part").read_bytes()
+    assert os.stat(a).st_ino == os.stat(b).st_ino
+    assert verify_generation(gen) == []
