@@ -36,8 +36,16 @@ def _lazy(module: str, func: str) -> Callable:
     return section
 
 
+def workers_section(root, conn) -> list[dict]:
+    """Each worker host as the orchestrator last saw it (look=False: no SSH from a status)."""
+    from pipeline.orchestrator import workers_status
+
+    return workers_status(root, look=False)
+
+
 SECTIONS: dict[str, Callable] = {
     "runner": runner_section,
+    "workers": workers_section,
     "backup_targets": _lazy("pipeline.backup", "status_section"),
     "disk": _lazy("pipeline.housekeeping", "disk_section"),
     "schedule": _lazy("pipeline.schedule", "status_section"),

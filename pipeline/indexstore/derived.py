@@ -55,9 +55,11 @@ def _extend_image_index(shard: Shard, rec: dict | None, durable: bool, repair: b
         return rec
     base = size - len(_TAIL) if done else 0
     mode = "r+b" if path.exists() and base > 0 else "wb"
+    # No truncate before writing: new rows overwrite the old tail from `base`, so a kill at
+    # any moment leaves the file at least as long as recorded (behind, never "damaged"),
+    # and the next update rewrites from `base` again.
     with open(path, mode) as fh:
         fh.seek(base)
-        fh.truncate()
         chunks = []
         g0 = shard.first_global_row
         for s, off in shard.slices_from(done):
@@ -71,6 +73,7 @@ def _extend_image_index(shard: Shard, rec: dict | None, durable: bool, repair: b
             fh.write(b",\n")
         fh.write(",\n".join(chunks).encode())
         fh.write(_TAIL if total else b"]\n")
+        fh.truncate()
         fh.flush()
         if durable:
             os.fsync(fh.fileno())
