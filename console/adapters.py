@@ -1,0 +1,366 @@
+"""Where every panel gets its data: small functions over pipeline/ and remote/.
+
+Each function either returns plain data or raises. ``NotAvailable`` means that part of
+the pipeline has not landed yet; the panel shows the message in place, and connecting the
+part later is a change to the one function here. ``SourceMessage`` is a clear, expected
+condition (no DB yet, hosts.toml malformed) shown in place. Anything else is shown as an
+error in place. All of these run in poll threads, never on the UI thread.
+
+The console only reads the DB, through read-only connections that are closed after each
+poll, so it never holds a write lock (and holds no lock at all between polls).
+"""
+from __future__ import annotations
+
+import importlib
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+
+class NotAvailable(Exception):
+    """The pipeline side of this panel does not exist yet."""
+
+
+class SourceMessage(Exception):
+    """An expected condition to show in place of the data (not a failure of the console)."""
+
+
+def optional_function(module: str, name: str) -> Callable | None:
+    """module.name if that module exists and has it; None when the part has not landed."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            return None
+        raise
+    return getattr(mod, name, None)
+
+
+# ---------------------------------------------------------------------------
+# Local stages, DB, lock holders (the data of pipeline/status.py)
+# ---------------------------------------------------------------------------
+def local_stages(root, now: float) -> list[dict]:
+    from pipeline.stage import stage_status
+    from pipeline.status import local_stage_names
+
+    return [stage_status(root, name, now) for name in local_stage_names(root)]
+
+
+def connect_read_only(db_path: Path, timeout_s: float) -> sqlite3.Connection:
+    if not Path(db_path).exists():
+        raise SourceMessage(f"no DB yet at {db_path}")
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=timeout_s,
+                           isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+    return conn
+
+
+def _db_failure(db_path: Path, exc: sqlite3.Error) -> SourceMessage:
+    text = str(exc)
+    if "no such table" in text:
+        return SourceMessage(f"DB {db_path} has no pipeline tables yet ({text})")
+    if "locked" in text or "busy" in text:
+        return SourceMessage(f"DB {db_path} is locked: {text} (retrying)")
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+        return SourceMessage(f"DB {db_path}: corrupt or not an SQLite database ({text})")
+    return SourceMessage(f"DB {db_path}: {text}")
+
+
+def read_db(root, now: float, timeout_s: float = 2.0) -> dict:
+    """Queue depths: the trigger-kept counters, O(1) at any size (polled every refresh)."""
+    from pipeline.db import queue_depths
+
+    conn = connect_read_only(root.db_path, timeout_s)
+    try:
+        return {"queues": queue_depths(conn)}
+    except sqlite3.Error as exc:
+        raise _db_failure(root.db_path, exc) from None
+    finally:
+        conn.close()
+
+
+def read_backups(root, now: float, timeout_s: float = 2.0) -> dict:
+    """Each backup target's state, and the scheduled jobs with their last results (or, before
+    the scheduler exists, the last backup rows). These change slowly: polled less often."""
+    from pipeline.status import backups_summary
+
+    conn = connect_read_only(root.db_path, timeout_s)
+    out: dict[str, Any] = {"backups": [], "schedule": None, "backup_jobs": [], "notes": []}
+    try:
+        out["backups"] = _optional_section(out, "backup targets", "pipeline.backup",
+                                           "backup_status", root, conn, now)
+        if out["backups"] is None:
+            out["backups"] = backups_summary(conn, now)
+        out["schedule"] = _optional_section(out, "schedule", "pipeline.schedule", "show",
+                                            root, conn, now)
+        out["backup_jobs"] = [dict(zip(("backup_id", "target", "kind", "started_at",
+                                        "finished_at", "ok", "verified", "size_bytes", "error"), row))
+                              for row in conn.execute(
+                                  "SELECT backup_id, target, kind, started_at, finished_at, ok, "
+                                  "verified, size_bytes, error FROM backups "
+                                  "ORDER BY started_at DESC LIMIT 8")]
+    except sqlite3.Error as exc:
+        raise _db_failure(root.db_path, exc) from None
+    finally:
+        conn.close()
+    return out
+
+
+def _optional_section(out: dict, what: str, module: str, name: str, *args):
+    """Another part's status function, if it has landed; its failure is a note, not a crash
+    of the whole DB panel."""
+    from pipeline.errors import UserError
+
+    fn = optional_function(module, name)
+    if fn is None:
+        return None
+    try:
+        return fn(*args)
+    except (UserError, OSError, ValueError) as exc:
+        out["notes"].append(f"{what}: {exc}")
+        return None
+
+
+def lock_holders(root, view, now: float) -> list[dict]:
+    """Every process holding the DB (writer first), with since when (view: LockView)."""
+    return view.holders(root.db_path, now)
+
+
+def lock_holders_now(root) -> list[dict]:
+    """A fresh look for the escalation screen (not the panel's remembered view)."""
+    from pipeline.locks import lock_holders as fresh
+
+    return fresh(root.db_path)
+
+
+def stage_heartbeat(root, name: str) -> dict:
+    from pipeline.fsutil import read_json_or_none
+
+    return read_json_or_none(root.heartbeat_path(name)) or {}
+
+
+# ---------------------------------------------------------------------------
+# The weekly run, the pause protocol, alerts
+# ---------------------------------------------------------------------------
+def runner_view(root, now: float, timeout_s: float = 2.0) -> dict:
+    """The runner's last runs and the alerts (from the DB), and each pausable stage's pause
+    request and acknowledgement (PAUSE_/PAUSED_ files). The live phase comes from the
+    pipeline stage's heartbeat (info.phase, info.steps) in the stages source."""
+    from pipeline.stage import PAUSABLE, STAGES
+
+    pause = {}
+    for name in PAUSABLE:
+        spec = STAGES[name]
+        pause[name] = {"requested": root.file(spec.pause_file).exists(),
+                       "acknowledged": root.file(spec.paused_file).exists()}
+    view: dict[str, Any] = {"pause": pause, "runs": [], "alerts": [], "summary": None,
+                            "db_error": None}
+    try:
+        conn = connect_read_only(root.db_path, timeout_s)
+    except SourceMessage as exc:
+        view["db_error"] = str(exc)
+        return view
+    try:
+        view["runs"] = [dict(zip(("started_at", "ended_at", "exit_code", "outcome", "reason",
+                                  "counters"), row))
+                        for row in conn.execute(
+                            "SELECT started_at, ended_at, exit_code, outcome, reason, counters "
+                            "FROM stage_runs WHERE stage = 'pipeline' "
+                            "ORDER BY started_at DESC LIMIT 5")]
+        recent_alerts = optional_function("pipeline.alerts", "recent_alerts")
+        if recent_alerts is not None:
+            view["alerts"] = recent_alerts(conn, 20)
+        else:
+            view["alerts"] = [dict(zip(("at", "kind", "text", "sent", "error"), row))
+                              for row in conn.execute(
+                                  "SELECT at, kind, text, sent, error FROM alerts "
+                                  "ORDER BY at DESC LIMIT 20")]
+        summary_json = optional_function("pipeline.runner", "summary_json")
+        last = summary_json(conn) if summary_json is not None else None
+        view["summary"] = last.get("summary") if isinstance(last, dict) else None
+    except sqlite3.Error as exc:
+        view["db_error"] = str(_db_failure(root.db_path, exc))
+    finally:
+        conn.close()
+    return view
+
+
+# ---------------------------------------------------------------------------
+# Worker hosts (remote/hosts.py exists; remote status, start, stop, logs and deploy do not yet)
+# ---------------------------------------------------------------------------
+def worker_hosts(root) -> list[dict]:
+    """The SSH workers of hosts.toml (a `local = true` worker is this machine: its stages
+    are the local rows)."""
+    from remote.errors import RemoteError
+    from remote.hosts import load_hosts
+
+    try:
+        hosts = load_hosts(root.hosts_path)
+    except RemoteError as exc:
+        raise SourceMessage(str(exc)) from None
+    return [{**h.as_dict(), "describe": h.describe()} for h in hosts if not h.local]
+
+
+REMOTE_NOT_YET = "remote status over SSH: not available yet"
+
+
+def host_stages(root, host: dict, timeout_s: float) -> list[dict]:
+    """The stages on a worker host, as rows shaped like pipeline.stage.stage_status (with
+    "host" set to the host's name). Raise on an unreachable host (the row shows
+    unreachable)."""
+    raise NotAvailable(REMOTE_NOT_YET)
+
+
+def host_log_tail(root, host: dict, stage: str, lines: int) -> list[str]:
+    raise NotAvailable("remote logs: not available yet")
+
+
+def start_remote(root, host: dict, stage: str) -> str:
+    raise NotAvailable("remote start: not available yet")
+
+
+def stop_remote(root, host: dict, stage: str) -> str:
+    raise NotAvailable("remote stop: not available yet")
+
+
+def deploy(root, host: dict) -> str:
+    """git pull on a worker (the caller has had YES:GIT typed). Uses remote.deploy.deploy
+    when it exists."""
+    fn = optional_function("remote.deploy", "deploy")
+    if fn is None:
+        raise NotAvailable("deploy: not available yet (remote/deploy.py)")
+    from remote.hosts import load_hosts
+
+    result = fn(load_hosts(root.hosts_path).get(host["name"]))
+    return str(result) if result is not None else f"deployed to {host['name']}"
+
+
+# ---------------------------------------------------------------------------
+# Logs
+# ---------------------------------------------------------------------------
+def local_log_tail(path: Path, lines: int) -> tuple[list[str], tuple]:
+    """The last lines of a log and a signature (size, mtime) to skip unchanged redraws."""
+    try:
+        st = Path(path).stat()
+    except FileNotFoundError:
+        raise SourceMessage(f"no log yet at {path}") from None
+    with open(path, "rb") as fh:
+        fh.seek(max(0, st.st_size - 256 * 1024))
+        text = fh.read().decode("utf-8", "replace").splitlines()
+    return text[-lines:], (st.st_size, st.st_mtime_ns)
+
+
+# ---------------------------------------------------------------------------
+# Search
+# ---------------------------------------------------------------------------
+# The search engine and the models stay loaded between queries (loading them is the slow
+# part); both are made in the search thread, never at start-up.
+_search_cache: dict[str, Any] = {}
+
+
+def _search_engine(root):
+    key = f"engine:{root.path}"
+    if key not in _search_cache:
+        from pipeline.search import SearchEngine
+
+        _search_cache[key] = SearchEngine.for_root(root)
+    return _search_cache[key]
+
+
+def _model_set(root):
+    key = f"models:{root.path}"
+    if key not in _search_cache:
+        from pipeline.models import ModelSet, ModelSettings
+
+        _search_cache[key] = ModelSet(ModelSettings.from_config(root.config, root.profile))
+    return _search_cache[key]
+
+
+def search_kwargs(query: str) -> dict:
+    """What the pane's text means: `listing:ID` (more like a listing), a path to an image
+    file, or words."""
+    text = query.strip()
+    if text.lower().startswith("listing:"):
+        value = text.split(":", 1)[1].strip()
+        if not value.isdigit():
+            raise SourceMessage(f"listing:{value} is not a listing id (listing:123456)")
+        return {"listing": int(value)}
+    path = Path(text).expanduser()
+    if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif") or path.is_file():
+        if not path.is_file():
+            raise SourceMessage(f"image {path} does not exist or is not a file")
+        return {"image": str(path)}
+    return {"text": text}
+
+
+def search(root, query: str, k: int) -> tuple[list[dict], list[str]]:
+    """Listing cards, best first, and warnings. Each result: listing_id, image_id, title,
+    price, currency, shop, score (fused), agree (models that found it), models
+    ({model: {rank, score}}), primary_image {"path", "offset", "size"} (DECISIONS.md)."""
+    fn = optional_function("pipeline.search", "search")
+    if fn is None:
+        raise NotAvailable("search: not available yet (pipeline/search.py)")
+    kwargs = search_kwargs(query)
+    engine = _search_engine(root)
+    engine.refresh()
+    if not engine.loaded:  # say so before loading any model
+        raise SourceMessage(f"the index store {engine.base} is empty: nothing to search yet")
+    extra = {} if "listing" in kwargs else {"model_set": _model_set(root)}
+    results, warnings = fn(root, k=k, engine=engine, **kwargs, **extra)
+    return list(results), list(warnings)
+
+
+def more_like_this(root, listing_id: int, k: int) -> tuple[list[dict], list[str]]:
+    """Listings like this one (its own images as the query), in the shape of search()."""
+    fn = optional_function("pipeline.search", "search")
+    if fn is None:
+        raise NotAvailable("more like this: not available yet (pipeline/search.py)")
+    results, warnings = fn(root, listing=int(listing_id), k=k, engine=_search_engine(root))
+    return list(results), list(warnings)
+
+
+def load_thumbnail(root, primary_image: dict | None, max_px: int = 256):
+    """The primary image as a small PIL image, read from its tar by offset when it has one."""
+    if not primary_image or not primary_image.get("path"):
+        return None
+    import io
+
+    from PIL import Image
+
+    path = Path(primary_image["path"])
+    if not path.is_absolute():
+        path = root.path / path
+    with open(path, "rb") as fh:
+        offset, size = primary_image.get("offset"), primary_image.get("size")
+        if offset is not None:
+            fh.seek(int(offset))
+            data = fh.read(int(size)) if size else fh.read()
+        else:
+            data = fh.read()
+    image = Image.open(io.BytesIO(data))
+    image.thumbnail((max_px, max_px))
+    return image.convert("RGB")
+
+
+@dataclass
+class Sources:
+    """The functions the console polls and calls; tests replace some of them."""
+
+    local_stages: Callable = local_stages
+    read_db: Callable = read_db
+    read_backups: Callable = read_backups
+    lock_holders: Callable = lock_holders
+    lock_holders_now: Callable = lock_holders_now
+    stage_heartbeat: Callable = stage_heartbeat
+    runner_view: Callable = runner_view
+    worker_hosts: Callable = worker_hosts
+    host_stages: Callable = host_stages
+    host_log_tail: Callable = host_log_tail
+    start_remote: Callable = start_remote
+    stop_remote: Callable = stop_remote
+    deploy: Callable = deploy
+    local_log_tail: Callable = local_log_tail
+    search: Callable = search
+    more_like_this: Callable = more_like_this
+    load_thumbnail: Callable = load_thumbnail

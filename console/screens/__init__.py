@@ -1,0 +1,1 @@
+"""The console's modal screens (help, confirmations), one per file."""

@@ -1,0 +1,89 @@
+"""Stages panel: one row per stage per host (local first, then each worker host)."""
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Static
+
+from console import fmt
+from console.widgets.synced_table import SyncedTable
+from console.widgets.text_updates import set_message
+
+STATE_CLASSES = {
+    "running": "state--running", "pausing": "state--pausing", "paused": "state--paused",
+    "blocked": "state--blocked", "stopping": "state--stopping", "stopped": "state--stopped",
+    "crashed": "state--crashed", "stale": "state--stale", "unreachable": "state--unreachable",
+    "waiting": "state--waiting", "n/a": "state--na",
+}
+
+
+class StagesTable(SyncedTable):
+    COMPONENT_CLASSES = {*STATE_CLASSES.values(), "exit--failed"}
+    COLUMNS = [("host", "host", 7), ("stage", "stage", 11), ("state", "state", 20),
+               ("pid", "pid", 6), ("uptime", "uptime", 6), ("heartbeat", "heartbeat", 9),
+               ("rate", "rate", 7), ("current", "current", 36), ("last_exit", "last exit", 12)]
+
+
+def row_key(row: dict) -> str:
+    return f"{row.get('host', 'local')}/{row['name']}"
+
+
+def state_label(row: dict, stop_requested: bool) -> str:
+    state = row.get("state") or "?"
+    if state == "stopping" or (stop_requested and state in ("running", "pausing", "paused",
+                                                             "blocked", "stale")):
+        return "stopping..."
+    if state == "blocked" and row.get("blocked_reason"):
+        return f"blocked: {row['blocked_reason']}"
+    return state
+
+
+def last_exit_text(row: dict) -> tuple[str, str | None]:
+    last = row.get("last_exit") or {}
+    if not last:
+        return "", None
+    outcome = last.get("outcome", "")
+    text = f"{last.get('code', '?')} {outcome}"
+    return text, ("exit--failed" if outcome in ("failed", "crashed") else None)
+
+
+def table_row(row: dict, stop_requested: bool) -> dict:
+    state = row.get("state") or "?"
+    if row.get("message"):
+        current = row["message"]
+    else:
+        current = row.get("current") or ""
+    return {
+        "host": row.get("host", "local"),
+        "stage": row["name"],
+        "state": (state_label(row, stop_requested), STATE_CLASSES.get(state)),
+        "pid": str(row.get("pid") or ""),
+        "uptime": fmt.duration(row.get("uptime_s")) if row.get("uptime_s") is not None else "",
+        "heartbeat": fmt.duration(row.get("heartbeat_age_s"))
+        if row.get("heartbeat_age_s") is not None else "",
+        "rate": fmt.rate(row.get("rate")) if row.get("rate") else "",
+        "current": fmt.shorten(current, 70 if row.get("message") else 40),
+        "last_exit": last_exit_text(row),
+    }
+
+
+class StagesPanel(Vertical):
+    """Shows rows it is given; the app polls."""
+
+    def compose(self) -> ComposeResult:
+        yield StagesTable(id="stages-table")
+        yield Static("", id="stages-message", classes="panel-message")
+
+    def on_mount(self) -> None:
+        self.border_title = "Stages"
+
+    @property
+    def table(self) -> StagesTable:
+        return self.query_one(StagesTable)
+
+    def show(self, rows: list[dict], stopping: set[str], messages: list[str]) -> None:
+        self.table.sync([(row_key(r), table_row(r, row_key(r) in stopping)) for r in rows])
+        set_message(self.query_one("#stages-message", Static), "\n".join(messages))
+
+    def selected_key(self) -> str | None:
+        return self.table.selected_key()

@@ -1,0 +1,91 @@
+"""A DataTable updated by row key: changed cells are updated in place, gone rows removed, new
+rows added, so a refresh never clears the table (no flicker, the cursor stays)."""
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+Cell = tuple[str, str | None]  # text, component class (styled in console.tcss) or None
+
+
+class SyncedTable(DataTable):
+    # (key, label, width): a fixed width means an updated cell never changes the layout
+    # (no layout pass, only that table repaints); longer text ends in an ellipsis.
+    COLUMNS: list[tuple[str, str, int]] = []
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("cursor_type", "row")
+        kwargs.setdefault("zebra_stripes", False)
+        super().__init__(**kwargs)
+        self._cells: dict[tuple[str, str], Cell] = {}
+        self._order: list[str] = []
+
+    def on_mount(self) -> None:
+        for key, label, width in self.COLUMNS:
+            self.add_column(label, key=key, width=width)
+
+    def _text(self, cell: Cell) -> Text:
+        text, cls = cell
+        style = self.get_component_rich_style(cls, partial=True) if cls else ""
+        return Text(text, style=style, no_wrap=True, overflow="ellipsis")
+
+    @staticmethod
+    def _cell(value) -> Cell:
+        return value if isinstance(value, tuple) else (str(value), None)
+
+    def sync(self, rows: list[tuple[str, dict]]) -> None:
+        """rows: (row key, {column key: text or (text, class)}) in display order."""
+        wanted = [key for key, _ in rows]
+        staying = [key for key in self._order if key in set(wanted)]
+        new = [key for key in wanted if key not in set(self._order)]
+        if staying + new != wanted:
+            self._rebuild(rows)
+            return
+        for key in self._order:
+            if key not in set(wanted):
+                self.remove_row(key)
+                for col, *_ in self.COLUMNS:
+                    self._cells.pop((key, col), None)
+        for key, values in rows:
+            cells = {col: self._cell(values.get(col, "")) for col, *_ in self.COLUMNS}
+            if key in new:
+                self.add_row(*(self._text(cells[col]) for col, *_ in self.COLUMNS), key=key)
+                self._cells.update({(key, col): cell for col, cell in cells.items()})
+                continue
+            for col, cell in cells.items():
+                if self._cells.get((key, col)) != cell:
+                    self.update_cell(key, col, self._text(cell))
+                    self._cells[(key, col)] = cell
+        self._order = wanted
+
+    def _rebuild(self, rows: list[tuple[str, dict]]) -> None:
+        selected = self.selected_key()
+        self.clear()
+        self._cells.clear()
+        self._order = []
+        for key, values in rows:
+            cells = {col: self._cell(values.get(col, "")) for col, *_ in self.COLUMNS}
+            self.add_row(*(self._text(cells[col]) for col, *_ in self.COLUMNS), key=key)
+            self._cells.update({(key, col): cell for col, cell in cells.items()})
+            self._order.append(key)
+        if selected in self._order:
+            self.move_cursor(row=self._order.index(selected))
+
+    def selected_key(self) -> str | None:
+        if not self._order or self.cursor_row is None:
+            return None
+        if 0 <= self.cursor_row < len(self._order):
+            return self._order[self.cursor_row]
+        return None
+
+    def cell_class(self, key: str, col: str) -> str | None:
+        """The component class a cell was drawn with (tests read it)."""
+        cell = self._cells.get((key, col))
+        return cell[1] if cell else None
+
+    def cell_text(self, key: str, col: str) -> str | None:
+        cell = self._cells.get((key, col))
+        return cell[0] if cell else None
+
+    def keys(self) -> list[str]:
+        return list(self._order)

@@ -1,0 +1,98 @@
+"""End to end: the real `imageselector console --root R` in tmux; keys go in with send-keys
+and the screen comes back with capture-pane. Start and stop a real stage, open the help,
+quit, and the stage started by the console outlives it."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from pipeline.procs import pid_alive
+from pipeline.stage import stage_status
+from tests.console_support import make_root, run_selftest_once, seed_images, stop_if_running
+
+pytestmark = [pytest.mark.timeout(120),
+              pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
+
+
+class Tmux:
+    """One tmux server and session of our own (private socket, unique name)."""
+
+    def __init__(self, command: str, width: int = 150, height: int = 45):
+        self.name = f"isconsole-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.base = ["tmux", "-L", self.name]
+        subprocess.run(self.base + ["new-session", "-d", "-s", self.name, "-x", str(width),
+                                    "-y", str(height), command], check=True, timeout=20,
+                       env={**os.environ, "TERM": "xterm-256color"})
+
+    def send(self, *keys: str) -> None:
+        subprocess.run(self.base + ["send-keys", "-t", self.name, *keys], check=True, timeout=10)
+
+    def screen(self) -> str:
+        out = subprocess.run(self.base + ["capture-pane", "-p", "-t", self.name],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout
+
+    def alive(self) -> bool:
+        return subprocess.run(self.base + ["has-session", "-t", self.name],
+                              capture_output=True, timeout=10).returncode == 0
+
+    def wait_for(self, predicate, timeout: float = 40.0, what: str = "screen") -> str:
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.screen()
+            if predicate(text):
+                return text
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}; screen:\n{text}")
+
+    def kill(self) -> None:
+        subprocess.run(self.base + ["kill-session", "-t", self.name], capture_output=True,
+                       timeout=10)
+
+
+def selftest_line(text: str) -> str:
+    return next((line for line in text.splitlines() if " selftest " in line), "")
+
+
+def test_console_in_tmux(tmp_path):
+    root = make_root(tmp_path / "root", console={"refresh_s": 0.5})
+    seed_images(root, 30)
+    run_selftest_once(root)
+    command = f"{sys.executable} -m imageselector --root {root.path} console"
+    tmux = Tmux(command)
+    try:
+        tmux.wait_for(lambda t: "Stages" in t and " selftest " in t, what="the stages panel")
+        # the selftest row is the last local one: go there and start it
+        tmux.send("C-End")
+        tmux.wait_for(lambda t: "Log: local/selftest" in t, what="selftest selected")
+        tmux.send("s")
+        text = tmux.wait_for(lambda t: "running" in selftest_line(t), what="running")
+        pid = stage_status(root, "selftest")["pid"]
+        assert pid and str(pid) in selftest_line(text)
+        tmux.send("?")
+        tmux.wait_for(lambda t: "Keys" in t and "force_stop" in t, what="the help screen")
+        tmux.send("Escape")
+        tmux.wait_for(lambda t: "force_stop" not in t, what="help closed")
+        tmux.send("x")
+        tmux.wait_for(lambda t: "stopped" in selftest_line(t), what="stopped")
+        assert not pid_alive(pid)
+        # start it again, then quit: the stage keeps running
+        tmux.send("s")
+        tmux.wait_for(lambda t: "running" in selftest_line(t), what="running again")
+        pid = stage_status(root, "selftest")["pid"]
+        tmux.send("q")
+        deadline = time.monotonic() + 20
+        while tmux.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not tmux.alive(), "the console did not exit on q"
+        assert pid_alive(pid)
+    finally:
+        tmux.kill()
+        stop_if_running(root)
