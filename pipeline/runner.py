@@ -307,6 +307,23 @@ class Runner:
         self.steps.append(step)
         self.record_step(step)
 
+    def update_search_index(self) -> None:
+        """Extend (or train, once the collection is large enough) the cross-shard search
+        indexes with the week's imports; derived files, so a failure only costs speed."""
+        step = Step(name="search-index", stage="pipeline", phase=2, started_at=time.time())
+        self.steps.append(step)
+        try:
+            from pipeline.searchindex import update_for_root
+
+            done = update_for_root(self.root)
+            step.outcome = "ok"
+            step.reason = f"{len(done)} model index(es) updated" if done else ""
+        except Exception as exc:
+            step.outcome, step.reason = "failed", f"{type(exc).__name__}: {exc}"
+            self.alerter.send("stage_failed", f"search index update failed: {step.reason}")
+        step.state, step.ended_at = "done", time.time()
+        self.record_step(step)
+
     # ---- phase 2 --------------------------------------------------------------
     def run_phase2(self) -> None:
         self.phase = "phase 2"
@@ -384,6 +401,7 @@ class Runner:
                 self.record_step(step)
         else:
             self.purge_dead()
+            self.update_search_index()
             self.run_phase2()
         self.phase = "finished"
         text = self.summary()

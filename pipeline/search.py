@@ -17,12 +17,26 @@ the shards' manifest and derived-state signatures, so a new import is picked up 
 restart. A model whose index is missing or does not line up with the shard's ids is
 refused with a warning and the others are searched.
 
+Large collections (``search.index_min_rows`` rows and more, ``search.index_type`` set):
+each model is searched in its cross-shard search index (pipeline/searchindex.py: one IVF-PQ
+fast-scan index over all shards, ids = global rows) for its best ``max(rerank, depth)``
+candidates; with ``share_candidates`` the candidates of all models are pooled, and every
+model scores the whole pool exactly from the stored float32 vectors (memory-mapped parts).
+Each model's list is then its exact top among the pool, a superset of its own candidates,
+so pooling can only bring it closer to exact search; it pays off because the models agree
+on near-duplicates, so an image one model's index missed is usually found by another.
+Smaller collections are searched exactly (or in the per-shard types of ``index.types``).
+Models (and, without a search index, their shards) are searched in parallel threads, one
+OpenMP thread each (faiss and numpy release the GIL).
+
 The core (``SearchEngine.search_vectors``) takes query vectors; ``encode_text`` and
 ``encode_image`` turn a text or an image file into them with the registry's models.
 """
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +63,13 @@ class SearchSettings:
     omp_threads: int = 1
     max_k: int = 1000
     lock_wait_s: float = 10.0
+    threads: int = 0
+    index_type: str = "IVF{nlist},PQ{pq}x4fs"
+    index_min_rows: int = 200_000
+    index_nlist: int = 0
+    index_train_rows: int = 200_000
+    index_max_lag: int = 200_000
+    share_candidates: bool = True
 
     @classmethod
     def from_config(cls, config) -> "SearchSettings":
@@ -77,6 +98,23 @@ class _LoadedShard:
     indexes: dict
     kinds: dict
     signature: tuple
+    parts: dict = field(default_factory=dict)   # model -> memory-mapped parts (opened once)
+
+    def vector_parts(self, model: str):
+        got = self.parts.get(model)
+        if got is None:
+            got = self.parts[model] = self.shard.vector_parts(model)
+        return got
+
+
+@dataclass
+class _Cross:
+    """A model's cross-shard search index in memory, covering global rows 0..rows-1."""
+    index: object
+    rows: int
+    covered: list
+    state_sig: object
+    kind: str
 
 
 def image_models() -> list[str]:
@@ -134,6 +172,11 @@ class SearchEngine:
         self.warnings: list[str] = []
         self.generation = 0
         self._starts = np.zeros(0, dtype=np.int64)
+        self.cross: dict[str, _Cross] = {}
+        self.cross_warnings: list[str] = []
+        self._cross_sigs: dict = {}
+        self._pool = None
+        self._pool_lock = threading.Lock()
         if self.settings.omp_threads > 0:
             import faiss
 
@@ -156,6 +199,10 @@ class SearchEngine:
         sigs = [Shard(self.base, n).signature() for n in numbers]
         if [ls.shard.number for ls in self.loaded] == numbers and \
                 [ls.signature for ls in self.loaded] == sigs:
+            if self._cross_signatures() != self._cross_sigs:
+                self._load_cross()
+                self.generation += 1
+                return True
             return False
         lock = IndexStore(self.base, lock_timeout_s=self.settings.lock_wait_s)
         try:
@@ -176,8 +223,79 @@ class SearchEngine:
         self.loaded = loaded
         self._starts = np.array([ls.shard.first_global_row for ls in loaded], dtype=np.int64)
         self._check_models()
+        self._load_cross()
         self.generation += 1
         return True
+
+    # ---- the cross-shard search indexes -------------------------------------------
+    def _cross_signatures(self) -> dict:
+        from pipeline.searchindex import state_signature
+
+        if not self._cross_wanted():
+            return {}
+        return {m: state_signature(self.base, m) for m in self.order}
+
+    def _cross_wanted(self) -> bool:
+        return bool(self.settings.index_type) and self.total_rows() >= self.settings.index_min_rows
+
+    def _load_cross(self) -> None:
+        """Per model: keep the index in memory if its file did not change, else read it;
+        add the rows imported since it was written (at most ``index_max_lag``). A model
+        without a usable one is searched shard by shard, with a warning."""
+        from pipeline import searchindex as si
+
+        self.cross_warnings = []
+        sigs = self._cross_signatures()
+        if not sigs:
+            self.cross, self._cross_sigs = {}, {}
+            return
+        shards = [ls.shard for ls in self.loaded]
+        total = si.prefix_rows(shards, rows_of=lambda sh: self._loaded_rows(sh))
+        cross = {}
+        for m in self.available:
+            dim = self.loaded[-1].shard.dims[m]
+            prev = self.cross.get(m)
+            try:
+                if prev is not None and prev.state_sig == sigs[m] and \
+                        si.check_covered(prev.covered, shards) is None:
+                    got = prev
+                else:
+                    loaded = si.load(self.base, m, shards, dim)
+                    if loaded is None:
+                        self.cross_warnings.append(
+                            f"model {m}: no cross-shard search index yet (searching shard by "
+                            f"shard; build it with pipeline.searchindex.update_for_root)")
+                        continue
+                    index, state = loaded
+                    got = _Cross(index, int(state["rows"]), state.get("covered", []), sigs[m],
+                                 state.get("type", "?"))
+                    self._tune(index)
+                if got.rows > total:
+                    raise si.Stale(f"covers {got.rows} rows, the loaded shards {total}")
+                lag = total - got.rows
+                if lag > self.settings.index_max_lag:
+                    self.cross_warnings.append(
+                        f"model {m}: the cross-shard search index is {lag} rows behind (more "
+                        f"than search.index_max_lag); searching shard by shard until it is updated")
+                    continue
+                if lag:
+                    si.add_rows(got.index, shards, m, got.rows, total,
+                                parts_of=lambda sh, model: self._loaded_of(sh).vector_parts(model))
+                    got = _Cross(got.index, total, si.covered(shards, total), got.state_sig,
+                                 got.kind)
+                cross[m] = got
+            except si.Stale as exc:
+                self.cross_warnings.append(f"model {m}: cross-shard search index ignored ({exc}); "
+                                           f"searching shard by shard until it is rebuilt")
+        self.cross, self._cross_sigs = cross, sigs
+        for w in self.cross_warnings:
+            log.warning("%s", w)
+
+    def _loaded_rows(self, shard) -> int:
+        return self._loaded_of(shard).rows
+
+    def _loaded_of(self, shard) -> _LoadedShard:
+        return next(ls for ls in self.loaded if ls.shard is shard)
 
     def _load_shard(self, shard, signature) -> _LoadedShard:
         import faiss
@@ -260,6 +378,18 @@ class SearchEngine:
         lid, iid = ls.ids[grow - ls.shard.first_global_row]
         return int(lid), int(iid)
 
+    def ids_many(self, grows) -> dict[int, tuple[int, int]]:
+        """global row -> (listing_id, image_id) for many rows at once."""
+        rows = np.unique(np.asarray(grows, dtype=np.int64))
+        out: dict[int, tuple[int, int]] = {}
+        which = np.searchsorted(self._starts, rows, side="right") - 1
+        for w in np.unique(which):
+            sel = rows[which == w]
+            ls = self.loaded[w]
+            pairs = ls.ids[sel - ls.shard.first_global_row].tolist()
+            out.update(zip(sel.tolist(), map(tuple, pairs)))
+        return out
+
     def rows_of_listing(self, listing_id: int, image_id: int | None = None) -> list[int]:
         out = []
         for ls in self.loaded:
@@ -270,11 +400,59 @@ class SearchEngine:
         return out
 
     def stored_vector(self, model: str, grow: int) -> np.ndarray:
+        return self.vectors(model, np.array([grow], dtype=np.int64))[0]
+
+    def vectors(self, model: str, grows: np.ndarray) -> np.ndarray:
+        """Stored float32 vectors of global rows (any order), from the memory-mapped parts."""
         from pipeline.indexstore.indextypes import gather
 
-        ls = self._shard_of(grow)
-        parts = ls.shard.vector_parts(model)
-        return gather(parts, np.array([grow - ls.shard.first_global_row]), ls.shard.dims[model])[0]
+        grows = np.asarray(grows, dtype=np.int64)
+        dim = self.loaded[-1].shard.dims[model] if self.loaded else 0
+        out = np.empty((len(grows), dim), dtype="float32")
+        which = np.searchsorted(self._starts, grows, side="right") - 1
+        for w in np.unique(which):
+            sel = np.nonzero(which == w)[0]
+            ls = self.loaded[w]
+            out[sel] = gather(ls.vector_parts(model), grows[sel] - ls.shard.first_global_row, dim)
+        return out
+
+    # ---- threads ------------------------------------------------------------------
+    def _map(self, fn, items: list):
+        """``fn`` over ``items`` in the engine's threads (one OpenMP thread each)."""
+        n = self.settings.threads or min(len(items), os.cpu_count() or 1)
+        if n <= 1 or len(items) <= 1:
+            return [fn(x) for x in items]
+        with self._pool_lock:
+            if self._pool is None or self._pool._max_workers < n:
+                from concurrent.futures import ThreadPoolExecutor
+
+                if self._pool is not None:
+                    self._pool.shutdown(wait=False)
+                self._pool = ThreadPoolExecutor(n, thread_name_prefix="search",
+                                                initializer=_one_omp_thread)
+            pool = self._pool
+        return list(pool.map(fn, items))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    # ---- cross-shard search index: candidates, then exact scores -------------------
+    def _cross_candidates(self, model: str, q: np.ndarray, want: int) -> np.ndarray:
+        cross = self.cross[model]
+        _scores, rows = cross.index.search(q, min(want, cross.rows))
+        return np.unique(rows[rows >= 0])
+
+    def _exact_ranked(self, model: str, q: np.ndarray, rows: np.ndarray,
+                      depth: int) -> list[tuple[int, float]]:
+        """The best ``depth`` of ``rows`` by exact score (best over the query vectors)."""
+        if len(rows) == 0:
+            return []
+        # einsum, not BLAS: a multi-threaded GEMV per model thread oversubscribes the cores
+        scores = np.einsum("id,qd->iq", self.vectors(model, rows), q).max(axis=1)
+        top = np.lexsort((rows, -scores))[:depth]
+        return [(int(rows[i]), float(scores[i])) for i in top]
 
     # ---- one model ----------------------------------------------------------------
     def model_search(self, model: str, query: np.ndarray, depth: int,
@@ -284,6 +462,9 @@ class SearchEngine:
         from pipeline.indexstore.indextypes import gather
 
         q = np.ascontiguousarray(np.atleast_2d(np.asarray(query, dtype="float32")))
+        if not exact and model in self.cross:
+            want = max(self.settings.rerank, depth)
+            return self._exact_ranked(model, q, self._cross_candidates(model, q, want), depth)
         if q.shape[0] > 1:  # several query vectors (a listing's images): best score per image
             merged: dict[int, float] = {}
             for one in q:
@@ -338,7 +519,7 @@ class SearchEngine:
             if keep.any():
                 ls = self._shard_of(int(rows[0]))
                 local = rows[keep] - ls.shard.first_global_row
-                vecs = gather(ls.shard.vector_parts(model), local, ls.shard.dims[model])
+                vecs = gather(ls.vector_parts(model), local, ls.shard.dims[model])
                 scores[keep] = vecs @ q
             out[i] = scores
         # candidates that were not re-scored must not be returned
@@ -346,7 +527,7 @@ class SearchEngine:
 
     def _brute_force(self, ls: _LoadedShard, model: str, q: np.ndarray, depth: int):
         rows, scores = [], []
-        for start, part in ls.shard.vector_parts(model):
+        for start, part in ls.vector_parts(model):
             end = min(part.shape[0], ls.rows - start)
             if end <= 0:
                 continue
@@ -377,11 +558,39 @@ class SearchEngine:
         depth = max(self.settings.depth, k)
         extra = 0
         while True:  # widen when excluded listings or one-per-listing ate the candidates
-            per_model = {m: self.model_search(m, q, depth + extra, exact) for m, q in use.items()}
-            hits = best_per_listing(fuse(per_model, self.ids_of, self.settings, exclude_listings), k)
+            per_model = self._per_model(use, depth + extra, exact)
+            ids = self.ids_many([r for ranked in per_model.values() for r, _ in ranked])
+            hits = best_per_listing(fuse(per_model, ids.__getitem__, self.settings,
+                                         exclude_listings), k)
             if len(hits) >= k or depth + extra >= self.total_rows():
                 return hits
             extra = max(extra * 2, depth)
+
+
+    def _per_model(self, use: dict, depth: int, exact: bool) -> dict:
+        """Each model's ranked (global_row, score) list, the models in parallel."""
+        queries = {m: np.ascontiguousarray(np.atleast_2d(np.asarray(q, dtype="float32")))
+                   for m, q in use.items()}
+        cross = [] if exact else [m for m in queries if m in self.cross]
+        rest = [m for m in queries if m not in cross]
+        out = dict(zip(rest, self._map(lambda m: self.model_search(m, queries[m], depth, exact),
+                                       rest)))
+        if cross:
+            want = max(self.settings.rerank, depth)
+            cands = self._map(lambda m: self._cross_candidates(m, queries[m], want), cross)
+            if self.settings.share_candidates and len(cross) > 1:
+                pool = np.unique(np.concatenate(cands))
+                cands = [pool] * len(cross)
+            pools = dict(zip(cross, cands))
+            out.update(zip(cross, self._map(
+                lambda m: self._exact_ranked(m, queries[m], pools[m], depth), cross)))
+        return {m: out[m] for m in queries}
+
+
+def _one_omp_thread() -> None:
+    import faiss
+
+    faiss.omp_set_num_threads(1)
 
 
 # ---- queries by text, image file, listing --------------------------------------------
@@ -524,6 +733,7 @@ def search(root, *, text: str | None = None, image: str | Path | None = None,
     names = [m for m in names if m not in engine.refused]
     warnings.extend(w for w in engine.warnings if any(f"model {m} " in w for m in refused)
                     or "not in the derived" in w)
+    warnings.extend(w for w in engine.cross_warnings if any(w.startswith(f"model {m}:") for m in names))
     if not names:
         raise UserError("every model asked for is refused: " + "; ".join(engine.warnings))
     exclude = ()
@@ -591,4 +801,5 @@ def evaluate(engine: SearchEngine, n_queries: int = 100, k: int = 10,
     n = len(picks)
     return {"queries": n, "k": k, "per_model": {m: v / n for m, v in per_model.items()},
             "fused": fused / n,
-            "types": {m: sorted({ls.kinds.get(m, "?") for ls in engine.loaded}) for m in names}}
+            "types": {m: ([f"search index {engine.cross[m].kind}"] if m in engine.cross else
+                          sorted({ls.kinds.get(m, "?") for ls in engine.loaded})) for m in names}}

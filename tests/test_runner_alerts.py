@@ -105,7 +105,7 @@ def test_full_run_phase1_and_phase2_summary_and_alerts(tmp_root, smtp, tmp_path)
     assert any("run_started" in s for s in subjects) and any("run_finished" in s for s in subjects)
     conn = db.open_db(tmp_root)
     steps = conn.execute("SELECT step, phase, outcome, exit_code FROM runner_steps ORDER BY rowid").fetchall()
-    assert steps == [("selftest", 1, "ok", 0), ("purge-dead", 2, "ok", None),
+    assert steps == [("selftest", 1, "ok", 0), ("purge-dead", 2, "ok", None), ("search-index", 2, "ok", None),
                      ("selftest --units 2 --work-s 0", 2, "ok", 0)]
     assert db.queue_depths(conn)["discovered"] == 0  # the driver really drained its queue
     summary = json.loads(conn.execute("SELECT value FROM sync_state WHERE key='last_pipeline_run'").fetchone()[0])

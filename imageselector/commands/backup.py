@@ -5,29 +5,8 @@ import json
 import time
 
 from imageselector.cli import add_root_argument
+from pipeline.fmt import duration, size
 
-
-def _age(seconds) -> str:
-    if seconds is None:
-        return "never"
-    seconds = float(seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
-def _size(n) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return str(n)
 
 
 def cmd_status(args) -> int:
@@ -55,8 +34,8 @@ def cmd_status(args) -> int:
             flags.append("running")
         if it["last_error"]:
             flags.append("LAST FAILED")
-        print(f"{it['target']:<14} {it['kind']:<9} last ok {_age(it['age_s']):>6} ago  "
-              f"{_size(it['size_bytes']):>8}  {'verified' if it['verified'] else 'not verified':<12} "
+        print(f"{it['target']:<14} {it['kind']:<9} last ok {(duration(it['age_s']) if it['age_s'] is not None else 'never'):>6} ago  "
+              f"{size(it['size_bytes']):>8}  {'verified' if it['verified'] else 'not verified':<12} "
               f"{' '.join(flags)}")
         if it["last_error"]:
             print(f"  error: {it['last_error']}")
@@ -131,7 +110,7 @@ def cmd_list(args) -> int:
     else:
         for o in out:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(o["created"])) if o["created"] else "?"
-            print(f"{o['target']:<14} {o['generation']:<26} {when}  {_size(o['bytes'])}")
+            print(f"{o['target']:<14} {o['generation']:<26} {when}  {size(o['bytes'])}")
     return 0
 
 

@@ -29,6 +29,15 @@ def cmd_search(args) -> int:
     root = Root.open(args.root)
     if args.action == "eval":
         return _cmd_eval(root, args)
+    if args.action == "index":
+        from pipeline.searchindex import update_for_root
+
+        done = update_for_root(root, force=args.force)
+        if not done:
+            print("no cross-shard search index configured (search.index_type is empty)")
+        for row in done:
+            print(json.dumps(row, default=str))
+        return 0
     from pipeline.search import search
 
     results, warnings = search(root, text=args.text, image=args.image, listing=args.listing,
@@ -81,7 +90,10 @@ def register(sub) -> None:
                                    "'search eval' measures recall@k of the configured "
                                    "indexes against exact search.")
     add_root_argument(p)
-    p.add_argument("action", nargs="?", choices=["eval"], help="eval: recall of the indexes")
+    p.add_argument("action", nargs="?", choices=["eval", "index"],
+                   help="eval: recall of the indexes; index: build or extend the cross-shard search "
+                        "indexes (data/embeddings/search_*/, derived: safe to delete)")
+    p.add_argument("--force", action="store_true", help="index: retrain from scratch")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--text", help="text (both CLIP text towers)")
     what.add_argument("--image", help="an image file (background removed, all image models)")

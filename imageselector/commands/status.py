@@ -5,26 +5,14 @@ import json
 import time
 
 from imageselector.cli import add_root_argument
-
-
-def _age(seconds) -> str:
-    if seconds is None:
-        return "-"
-    seconds = float(seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
+from pipeline.fmt import duration
 
 
 def print_locks(holders: list[dict], now: float) -> None:
     if not holders:
         print("  nobody holds the DB")
     for h in holders:
-        print(f"  {h['mode']:<6} pid {h['pid']:<7} {_age(now - h['since']):>6}  {h['name']:<16} "
+        print(f"  {h['mode']:<6} pid {h['pid']:<7} {duration(now - h['since']):>6}  {h['name']:<16} "
               f"{h['cmdline'][:70]}")
 
 
@@ -48,14 +36,14 @@ def cmd_status(args) -> int:
         extra = f"pid {st['pid']}" if st["pid"] else (f"last exit {last.get('code')} {last.get('outcome', '')}"
                                                       if last else "")
         rate = f"{st['rate']:.2f}/s" if st.get("rate") else ""
-        print(f"  {st['name']:<12} {st['state']:<11} {extra:<24} hb {_age(st['heartbeat_age_s']):>5} {rate}")
+        print(f"  {st['name']:<12} {st['state']:<11} {extra:<24} hb {duration(st['heartbeat_age_s']):>5} {rate}")
     print("DB lock holders:")
     print_locks(snap.get("locks", []), now)
     print("backups:")
     if not snap["backups"]:
         print("  none yet")
     for b in snap["backups"]:
-        print(f"  {b['target']:<16} {b['kind']:<14} last ok {_age(b['age_s'])} ago  "
+        print(f"  {b['target']:<16} {b['kind']:<14} last ok {duration(b['age_s'])} ago  "
               f"{'verified' if b['verified'] else 'not verified'}")
     for err in snap["errors"]:
         print(f"error: {err}")
