@@ -47,8 +47,8 @@ _WINDOWS_ABS_RE = re.compile(r"^[A-Za-z]:[\\/]")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 _TOP_KEYS = {"known_hosts", "workers"}
-_SSH_KEYS = {"address", "port", "user", "key_file", "root", "python", "os", "local"}
-_LOCAL_KEYS = {"local", "root", "python", "os"}
+_SSH_KEYS = {"address", "port", "user", "key_file", "root", "python", "os", "local", "checkout"}
+_LOCAL_KEYS = {"local", "root", "python", "os", "checkout"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class Host:
     root: str | None = None
     python: str | None = None
     os: str = "posix"
+    checkout: str | None = None   # the git checkout that `hosts deploy` pulls there
 
     @property
     def is_windows(self) -> bool:
@@ -86,7 +87,7 @@ class Host:
         return {"name": self.name, "local": self.local, "address": self.address,
                 "port": self.port, "user": self.user,
                 "key_file": str(self.key_file) if self.key_file else None,
-                "root": self.root, "python": self.python, "os": self.os}
+                "root": self.root, "python": self.python, "os": self.os, "checkout": self.checkout}
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,10 @@ def _parse_worker(path: Path, name: str, t: dict) -> Host:
         python = _opt_str(path, where, t, "python")
         if root is not None:
             _check_root(path, where, root, os_kind)
-        return Host(name=name, local=True, root=root, python=python, os=os_kind)
+        checkout = _opt_str(path, where, t, "checkout")
+        if checkout is not None:
+            _check_root(path, where, checkout, os_kind, key="checkout")
+        return Host(name=name, local=True, root=root, python=python, os=os_kind, checkout=checkout)
 
     _no_unknown_keys(path, where, t, _SSH_KEYS)
     address = _req_str(path, where, t, "address")
@@ -177,15 +181,18 @@ def _parse_worker(path: Path, name: str, t: dict) -> Host:
     root = _req_str(path, where, t, "root")
     _check_root(path, where, root, os_kind)
     python = _req_str(path, where, t, "python")
+    checkout = _opt_str(path, where, t, "checkout")
+    if checkout is not None:
+        _check_root(path, where, checkout, os_kind, key="checkout")
     return Host(name=name, local=False, address=address, port=port, user=user,
-                key_file=key_file, root=root, python=python, os=os_kind)
+                key_file=key_file, root=root, python=python, os=os_kind, checkout=checkout)
 
 
-def _check_root(path: Path, where: str, root: str, os_kind: str) -> None:
+def _check_root(path: Path, where: str, root: str, os_kind: str, key: str = "root") -> None:
     absolute = _WINDOWS_ABS_RE.match(root) if os_kind == "windows" else root.startswith("/")
     if not absolute:
         example = "C:\\\\Users\\\\me\\\\isroot" if os_kind == "windows" else "/home/me/isroot"
-        raise HostsConfigError(f"{path}: {where}.root must be an absolute path on that host "
+        raise HostsConfigError(f"{path}: {where}.{key} must be an absolute path on that host "
                                f"(like {example}), got {root!r}")
 
 

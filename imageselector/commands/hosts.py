@@ -32,6 +32,16 @@ def register(sub) -> None:
     cp.add_argument("--json", action="store_true", help="print JSON")
     cp.set_defaults(func=cmd_check)
 
+    dp = hs.add_parser("deploy", help="git pull the code on a worker, then install its "
+                                      "platform's dependencies (asks for YES:GIT)")
+    add_root_argument(dp)
+    dp.add_argument("name", help="worker name in hosts.toml")
+    dp.add_argument("--confirm", default=None, metavar="YES:GIT",
+                    help="the confirmation, for use without a terminal")
+    dp.add_argument("--no-install", action="store_true", help="only git pull")
+    dp.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    dp.set_defaults(func=cmd_deploy)
+
     def no_action(args) -> int:
         p.print_help()
         return 2
@@ -177,3 +187,29 @@ def cmd_check(args) -> int:
 
 def _gib(n) -> str:
     return "?" if n is None else f"{n / (1 << 30):.1f} GiB"
+
+
+@_remote_errors_are_user_errors
+def cmd_deploy(args) -> int:
+    from remote.deploy import CONFIRMATION, deploy, deploy_steps
+    from remote.transport import transport_for
+
+    root, hosts, settings = _load(args)
+    host = hosts.get(args.name)
+    steps = deploy_steps(host, install=not args.no_install)
+    print(f"deploy to {host.describe()}:")
+    for argv in steps:
+        print("  " + " ".join(argv))
+    if args.dry_run:
+        return 0
+    confirmation = args.confirm
+    if confirmation is None:
+        if not sys.stdin.isatty():
+            print(f"imageselector: type {CONFIRMATION} to deploy (or pass --confirm {CONFIRMATION})",
+                  file=sys.stderr)
+            return 2
+        confirmation = input(f"type {CONFIRMATION} to run these on {host.name}: ").strip()
+    with transport_for(host, hosts.known_hosts, settings, local_root=root.path) as transport:
+        result = deploy(host, confirmation, transport, install=not args.no_install)
+    print(result)
+    return 0 if result.ok else 1
