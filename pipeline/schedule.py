@@ -21,24 +21,6 @@ from typing import Callable, Iterator
 
 from pipeline.errors import UserError
 
-# The lead adds this as a migration in pipeline/db.py; until then it is created here, in
-# the first write of this module (CREATE ... IF NOT EXISTS, so both can coexist).
-SCHEDULE_RUNS_DDL = """
-CREATE TABLE IF NOT EXISTS schedule_runs (
-    run_id      INTEGER PRIMARY KEY,
-    job         TEXT NOT NULL,
-    trigger     TEXT NOT NULL,          -- cron, launchd, run-due, manual
-    started_at  REAL NOT NULL,
-    finished_at REAL,
-    exit_code   INTEGER,
-    outcome     TEXT,                   -- ok, failed, busy, interrupted
-    step        TEXT,                   -- the step that ended the run (failed or last)
-    pid         INTEGER,
-    output_tail TEXT
-);
-CREATE INDEX IF NOT EXISTS schedule_runs_job ON schedule_runs(job, started_at);
-"""
-
 BLOCK_BEGIN = "# BEGIN imageselector"
 BLOCK_END = "# END imageselector"
 
@@ -202,25 +184,8 @@ def get_job(root, name: str) -> Job:
 
 
 # ---------------------------------------------------------------------------
-# Recording runs
+# Recording runs (table schedule_runs: schema v3 in pipeline/db.py)
 # ---------------------------------------------------------------------------
-def ensure_table(conn) -> None:
-    from pipeline.db import _split_sql
-
-    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schedule_runs'").fetchone()
-    if exists:
-        return
-    from pipeline.db import retry_on_busy, transaction
-
-    @retry_on_busy
-    def create():
-        with transaction(conn):
-            for statement in _split_sql(SCHEDULE_RUNS_DDL):
-                conn.execute(statement)
-
-    create()
-
-
 def _write(conn, sql: str, args: tuple):
     from pipeline.db import retry_on_busy, transaction
 
@@ -251,8 +216,6 @@ def last_runs(conn, limit_per_job: int = 1) -> dict[str, list[dict]]:
 def close_interrupted(conn) -> None:
     """Runs whose process is gone without recording an end are marked interrupted."""
     from pipeline.procs import pid_alive
-
-    ensure_table(conn)
     for run_id, pid in conn.execute("SELECT run_id, pid FROM schedule_runs WHERE finished_at IS NULL").fetchall():
         if pid and not pid_alive(pid):
             _write(conn, "UPDATE schedule_runs SET finished_at = ?, outcome = 'interrupted' "
@@ -273,7 +236,6 @@ def run_job(root, job: Job, trigger: str = "manual",
 
     conn = open_db(root)
     try:
-        ensure_table(conn)
         close_interrupted(conn)
         started = time.time()
         run_id = _write(conn, "INSERT INTO schedule_runs(job, trigger, started_at, pid) VALUES (?,?,?,?)",
@@ -335,7 +297,6 @@ def due_jobs(root, conn, now: float | None = None) -> list[tuple[Job, float]]:
     """Enabled jobs whose latest slot (not older than schedule.catchup_s) has not run yet."""
     now = time.time() if now is None else now
     catchup = float(root.config.get("schedule.catchup_s"))
-    ensure_table(conn)
     out = []
     for job in load_jobs(root).values():
         if not job.enabled:
