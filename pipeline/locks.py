@@ -228,30 +228,53 @@ def holders_from_probe(db_path: Path, timeout_s: float = 10.0) -> dict[int, str]
 # The combined view
 # ---------------------------------------------------------------------------
 class LockTracker:
-    """Remembers since when each (pid, mode) has been seen, across snapshots."""
+    """Remembers since when each (pid, mode) has been seen, across snapshots.
 
-    def __init__(self, seen_path: Path | None = None):
+    ``open_scan_s``: the writer and readers come from one cheap read of /proc/locks every
+    time, but the scan of every process's descriptors (the holders that merely have the DB
+    open; ~20 us per process) and, on macOS, the F_GETLK helper process run at most that
+    often; a live display polling every second sets it to a few seconds. ``persist``: write
+    the since-times to ``seen_path`` (the CLI), or only read them from it (the console)."""
+
+    def __init__(self, seen_path: Path | None = None, open_scan_s: float = 0.0, persist: bool = True):
         self.seen_path = seen_path
+        self.open_scan_s = open_scan_s
+        self.persist = persist
         self.first_seen: dict[str, float] = {}
+        self._open_pids: set[int] = set()
+        self._probe_modes: dict[int, str] = {}
+        self._scanned_at: float | None = None
         if seen_path is not None:
             try:
                 self.first_seen = json.loads(Path(seen_path).read_text())
             except (OSError, ValueError):
                 self.first_seen = {}
 
+    def _scan_due(self) -> bool:
+        now = time.monotonic()
+        if self._scanned_at is None or now - self._scanned_at >= self.open_scan_s:
+            self._scanned_at = now
+            return True
+        return False
+
     def holders(self, db_path: Path, method: str = "auto", now: float | None = None) -> list[Holder]:
         now = time.time() if now is None else now
         me = os.getpid()
         if method == "auto":
             method = "proc" if os.path.exists("/proc/locks") else "probe"
+        scan = self._scan_due()
         if method == "proc":
             modes = holders_from_proc_locks(db_path)
-            open_pids = open_holders_from_proc(db_path, exclude={me})
+            if scan:
+                self._open_pids = open_holders_from_proc(db_path, exclude={me})
             source = "proc-locks"
         else:
-            modes = holders_from_probe(db_path) if Path(f"{db_path}-shm").exists() else {}
-            open_pids = open_holders_from_psutil(db_path, exclude={me})
+            if scan:
+                self._probe_modes = holders_from_probe(db_path) if Path(f"{db_path}-shm").exists() else {}
+                self._open_pids = open_holders_from_psutil(db_path, exclude={me})
+            modes = dict(self._probe_modes)
             source = "getlk"
+        open_pids = self._open_pids
         for pid in open_pids:
             modes.setdefault(pid, "open")
         modes.pop(me, None)  # this process's own read connection (status) is not news
@@ -267,7 +290,7 @@ class LockTracker:
             result.append(Holder(pid=pid, mode=mode, name=info["name"], cmdline=info["cmdline"],
                                  since=since, source=source))
         self.first_seen = {k: v for k, v in self.first_seen.items() if k in live_keys}
-        if self.seen_path is not None:
+        if self.seen_path is not None and self.persist:
             try:
                 from pipeline.fsutil import atomic_write_json
 

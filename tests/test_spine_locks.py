@@ -105,3 +105,29 @@ def test_parse_proc_locks_skips_waiters_and_reads_eof():
     locks = parse_proc_locks(text)
     assert [(l["pid"], l["start"], l["end"]) for l in locks] == [(4242, 120, 120), (17, 0, None)]
     assert locks[0]["dev"] == (0x00, 0x2F)
+
+
+def test_tracker_rescans_open_holders_only_as_often_as_asked(tmp_root):
+    """A live display reads /proc/locks every poll but the descriptor scan less often."""
+    from pipeline.locks import LockTracker
+
+    conn = db.open_db(tmp_root)
+    conn.close()
+    tracker = LockTracker(open_scan_s=3600.0, persist=False)
+    assert tracker.holders(tmp_root.db_path) == []
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER_SCRIPT, str(tmp_root.db_path), "open"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen([sys.executable, "-c", HOLDER_SCRIPT, str(tmp_root.db_path), "writer"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready" and writer.stdout.readline().strip() == "ready"
+        modes = {h.pid: h.mode for h in tracker.holders(tmp_root.db_path)}
+        assert modes.get(writer.pid) == "writer"   # /proc/locks: read every time
+        assert proc.pid not in modes                # descriptor scan: not due yet
+        tracker.open_scan_s = 0.0
+        modes = {h.pid: h.mode for h in tracker.holders(tmp_root.db_path)}
+        assert modes.get(proc.pid) == "open"
+    finally:
+        for p in (proc, writer):
+            p.stdin.close()
+            p.wait(timeout=10)
