@@ -100,4 +100,8 @@ def init_sandbox(path: str | os.PathLike, port: int | None = None) -> Root:
                 sections.setdefault(name, {}).update(values)
     text = "# A sandbox root, written by `imageselector sandbox init`.\n\n" + render_toml(sections)
     atomic_write_bytes(config_path, text.encode())
-    return Root(path).ensure()
+    root = Root(path).ensure()
+    from pipeline.db import open_db
+
+    open_db(root).close()  # an empty DB, so every panel shows zeros rather than "no DB yet"
+    return root
