@@ -187,7 +187,8 @@ def runner_view(root, now: float, timeout_s: float = 2.0) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# Worker hosts (remote/hosts.py exists; remote status, start, stop, logs and deploy do not yet)
+# Worker hosts: status, start, stop and logs over one cached SSH connection per host
+# (pipeline/hoststages.py)
 # ---------------------------------------------------------------------------
 def worker_hosts(root) -> list[dict]:
     """The SSH workers of hosts.toml (a `local = true` worker is this machine: its stages
@@ -202,26 +203,50 @@ def worker_hosts(root) -> list[dict]:
     return [{**h.as_dict(), "describe": h.describe()} for h in hosts if not h.local]
 
 
-REMOTE_NOT_YET = "remote status over SSH: not available yet"
-
-
 def host_stages(root, host: dict, timeout_s: float) -> list[dict]:
     """The stages on a worker host, as rows shaped like pipeline.stage.stage_status (with
-    "host" set to the host's name). Raise on an unreachable host (the row shows
-    unreachable)."""
-    raise NotAvailable(REMOTE_NOT_YET)
+    "host" set to the host's name). An unreachable host raises (the app shows its rows as
+    unreachable with the text, and lists the host among the failing sources)."""
+    from pipeline.hoststages import host_stage_rows
+
+    rows = host_stage_rows(root, host["name"], timeout_s)
+    gone = [r for r in rows if r["state"] == "unreachable"]
+    if rows and len(gone) == len(rows):
+        raise SourceMessage(gone[0].get("error") or f"{host['name']}: unreachable")
+    return rows
 
 
-def host_log_tail(root, host: dict, stage: str, lines: int) -> list[str]:
-    raise NotAvailable("remote logs: not available yet")
+def host_log_tail(root, host: dict, stage: str, lines: int,
+                  timeout_s: float | None = None) -> list[str]:
+    from pipeline.hoststages import host_log_tail as tail
+
+    return tail(root, host["name"], stage, lines, _source_timeout(root, timeout_s))
 
 
 def start_remote(root, host: dict, stage: str) -> str:
-    raise NotAvailable("remote start: not available yet")
+    """`imageselector start` there, on a connection of its own (remote.command_timeout)."""
+    from pipeline.hoststages import start_remote as start
+
+    return start(root, host["name"], stage)
 
 
-def stop_remote(root, host: dict, stage: str) -> str:
-    raise NotAvailable("remote stop: not available yet")
+def stop_remote(root, host: dict, stage: str, timeout_s: float | None = None) -> str:
+    """The kill file there, over the host's cached connection."""
+    from pipeline.hoststages import stop_remote as stop
+
+    return stop(root, host["name"], stage, _source_timeout(root, timeout_s))
+
+
+def _source_timeout(root, timeout_s: float | None) -> float:
+    # the console's own limit, so these calls share the status poll's cached connection
+    return float(root.config.get("console.source_timeout_s")) if timeout_s is None else timeout_s
+
+
+def close_hosts() -> None:
+    """Close the cached SSH connections (when the console exits)."""
+    from pipeline.hoststages import close_all
+
+    close_all()
 
 
 def deploy(root, host: dict) -> str:
@@ -359,6 +384,7 @@ class Sources:
     host_log_tail: Callable = host_log_tail
     start_remote: Callable = start_remote
     stop_remote: Callable = stop_remote
+    close_hosts: Callable = close_hosts
     deploy: Callable = deploy
     local_log_tail: Callable = local_log_tail
     search: Callable = search

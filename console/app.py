@@ -165,6 +165,14 @@ class ConsoleApp(App):
         self._add_poller("log", self._log_fetch(None))
         self.set_interval(1.0, self._watchdog)
 
+    def on_unmount(self) -> None:
+        """Close the cached SSH connections to the workers (never waits on a hung host);
+        quitting never stops a stage."""
+        try:
+            self.sources.close_hosts()
+        except Exception:
+            pass
+
     def on_resize(self, event) -> None:
         if self.panels is not None:
             self.panels.too_small.check(event.size.width, event.size.height)

@@ -1,6 +1,6 @@
 """Worker hosts: a host that refuses or never answers shows as unreachable while the other
 panels keep refreshing; a malformed hosts.toml is a message in place; deploy needs YES:GIT
-typed exactly; what the remote side does not offer yet says so."""
+typed exactly; a host that refuses us says why in its row."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from console.adapters import REMOTE_NOT_YET, Sources
+from console.adapters import Sources
 from console.app import ConsoleApp
 from console.screens.typed_confirm_screen import TypedConfirmScreen
 from console.widgets.stages_panel import StagesTable
@@ -72,7 +72,7 @@ def test_dead_and_hung_hosts_do_not_block_the_rest(tmp_path):
         release.set()
 
 
-def test_default_remote_side_says_not_available_and_deploy_needs_yes_git(tmp_path):
+def test_a_refused_host_says_why_and_deploy_needs_yes_git(tmp_path):
     root = make_root(tmp_path / "root")
     (root.path / "hosts.toml").write_text(
         '[workers.mbp]\naddress = "10.0.0.2"\nuser = "is"\nkey_file = "id_ed25519"\n'
@@ -84,13 +84,17 @@ def test_default_remote_side_says_not_available_and_deploy_needs_yes_git(tmp_pat
     async def scenario() -> None:
         async with app.run_test(size=(140, 45)) as pilot:
             table = app.query_one(StagesTable)
-            await wait_until(pilot, lambda: table.cell_text("mbp/worker", "state") == "n/a")
-            assert table.cell_text("mbp/worker", "current") == REMOTE_NOT_YET
+            # the real adapters: the key file is missing, so nothing is even dialled
+            await wait_until(pilot, lambda: table.cell_text("mbp/worker", "state") ==
+                             "unreachable")
+            assert table.cell_text("mbp/worker", "current").startswith("mbp: key file ")
+            assert "id_ed25519 does not exist" in app.host_rows["mbp"][0]["message"]
             table.focus()
             await pilot.press("ctrl+end")
             assert table.selected_key() == "mbp/worker"
             await pilot.press("s")
-            await wait_until(pilot, lambda: any("remote start: not available yet" in e.text
+            await wait_until(pilot, lambda: any(e.text.startswith("start worker: ") and
+                                                "does not exist" in e.text
                                                 for e in app.command_log.entries))
             # deploy: a wrong phrase does nothing, YES:GIT deploys
             await pilot.press("D")

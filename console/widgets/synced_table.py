@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey, RowKey
 
 Cell = tuple[str, str | None]  # text, component class (styled in console.tcss) or None
 
@@ -52,11 +53,43 @@ class SyncedTable(DataTable):
                 self.add_row(*(self._text(cells[col]) for col, *_ in self.COLUMNS), key=key)
                 self._cells.update({(key, col): cell for col, cell in cells.items()})
                 continue
-            for col, cell in cells.items():
-                if self._cells.get((key, col)) != cell:
-                    self.update_cell(key, col, self._text(cell))
-                    self._cells[(key, col)] = cell
+            changed = {col: cell for col, cell in cells.items() if self._cells.get((key, col)) != cell}
+            if changed:
+                self._update_row(key, {col: self._text(cell) for col, cell in changed.items()})
+                self._cells.update({(key, col): cell for col, cell in changed.items()})
         self._order = wanted
+
+    def _update_row(self, key: str, values: dict[str, Text]) -> None:
+        """Changed cells of one row, repainting that row only.
+
+        DataTable.update_cell bumps a table-wide counter that every render cache is keyed
+        on, so one changed cell re-renders every row (most of the console's idle CPU with a
+        stage running). Here the cells are put in place and only this row's cache entries
+        are dropped (Textual 8's DataTable internals; update_cell when they are not there)."""
+        try:
+            row_key = RowKey(key)
+            data = self._data[row_key]
+            index = self._row_locations.get(row_key)
+            caches = (self._row_renderable_cache, self._cell_render_cache,
+                      self._row_render_cache, self._line_cache)
+        except (AttributeError, KeyError):
+            caches = None
+        if caches is None or index is None:
+            for col, text in values.items():
+                self.update_cell(key, col, text)
+            return
+        for col, text in values.items():
+            data[ColumnKey(col)] = text
+        renderables, cells, rows, lines = caches
+        for cache_key in list(renderables.keys()):       # (update count, row index)
+            if cache_key[1] == index:
+                renderables.discard(cache_key)
+        for cache in (cells, rows):                        # (row key, ...)
+            for cache_key in list(cache.keys()):
+                if cache_key[0] == row_key:
+                    cache.discard(cache_key)
+        lines.clear()  # whole lines are cheap to rebuild from the other rows' cached renders
+        self.refresh_row(index)
 
     def _rebuild(self, rows: list[tuple[str, dict]]) -> None:
         selected = self.selected_key()
