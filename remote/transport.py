@@ -297,6 +297,9 @@ class SSHTransport(Transport):
         self.root = host.root
         self.conn = connection or SSHConnection(host, known_hosts, settings)
         self.commands = self.conn.commands
+        # told about a failure that is retried (the caller's log): a retry doubles the time
+        # an operation may take, which is confusing when only the final failure is reported
+        self.on_retry: Callable[[RemoteError], None] | None = None
 
     # ---- connection handling ------------------------------------------------------------
     def _connected(self) -> SSHConnection:
@@ -308,8 +311,10 @@ class SSHTransport(Transport):
         """Run ``op(conn)``; once more on a fresh connection if the connection was lost."""
         try:
             return op(self._connected())
-        except (ConnectionLost, RemoteTimeout):
+        except (ConnectionLost, RemoteTimeout) as exc:
             self.conn.close()
+            if self.on_retry is not None:
+                self.on_retry(exc)
             return op(self._connected())
 
     def check(self) -> None:

@@ -6,6 +6,14 @@
 It is stopped by its pid. A client's session can be cut, frozen or thawed by signalling the
 per-connection sshd processes: the children of the listener pid we started (found by parent
 pid, never by name), optionally the one serving a given client port.
+
+A cut or a freeze touches only the session's sshd processes (what a network fault touches),
+never the commands the session runs: those end as they would on a real host. Killing them
+would break more than one session: every command runs through root's login shell, whose
+.bashrc here runs ``pyenv rehash``, which holds a lock file (~/.pyenv/shims/.pyenv-shim)
+shared by every session on this machine and released only by its exit trap. A SIGKILL landing
+during a rehash (likely on a loaded machine) left that lock behind, and from then on every
+new session of every test "host" (and of every other test run here) waited 60 s for it.
 """
 from __future__ import annotations
 
@@ -130,8 +138,20 @@ class SSHServer:
         if self.proc is None:
             return
         pid = self.proc.pid
-        for p in self._descendants(pid):
-            _signal(p.pid, signal.SIGCONT)
+        # connections first (SIGKILL), then the commands still running: SIGTERM lets their
+        # shells run their exit traps (a lock held is released); what ignores it is killed
+        left = []
+        for tree in self._session_trees():
+            server, commands = _split(tree)
+            for p in tree:
+                _signal(p.pid, signal.SIGCONT)
+            for p in server:
+                _signal(p.pid, signal.SIGKILL)
+            for p in commands:
+                _signal(p.pid, signal.SIGTERM)
+            left += commands
+        _, alive = psutil.wait_procs(left, timeout=3.0)
+        for p in alive:
             _signal(p.pid, signal.SIGKILL)
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -179,9 +199,7 @@ class SSHServer:
         except psutil.NoSuchProcess:
             return []
 
-    def sessions(self, client_port: int | None = None) -> list[list[int]]:
-        """Per-connection process trees: [child pid, its descendants...] for each direct
-        child of the listener; with ``client_port``, only the one serving that port."""
+    def _session_trees(self, client_port: int | None = None) -> list[list[psutil.Process]]:
         if self.proc is None:
             return []
         out = []
@@ -193,22 +211,32 @@ class SSHServer:
             tree = [child] + self._descendants(child.pid)
             if client_port is not None and not any(_serves(p, client_port) for p in tree):
                 continue
-            out.append([p.pid for p in tree])
+            out.append(tree)
         return out
 
+    def sessions(self, client_port: int | None = None) -> list[list[int]]:
+        """Per-connection process trees: [child pid, its descendants...] for each direct
+        child of the listener; with ``client_port``, only the one serving that port."""
+        return [[p.pid for p in tree] for tree in self._session_trees(client_port)]
+
     def signal_session(self, sig: int, client_port: int | None = None) -> int:
-        """Send ``sig`` to every process of the matching sessions; returns how many."""
+        """Send ``sig`` to the sshd processes of the matching sessions (SIGCONT: to every
+        process of them, to undo any stop); returns how many processes got it."""
         n = 0
-        for tree in self.sessions(client_port):
-            for pid in tree:
-                n += _signal(pid, sig)
+        for tree in self._session_trees(client_port):
+            server, _ = _split(tree)
+            for p in (tree if sig == signal.SIGCONT else server):
+                n += _signal(p.pid, sig)
         return n
 
     def kill_session(self, client_port: int | None = None) -> int:
+        """Cut the connection (SIGKILL its sshd processes); the commands it ran are left to
+        end by themselves, as after a real cut."""
         return self.signal_session(signal.SIGKILL, client_port)
 
     def freeze_session(self, client_port: int | None = None) -> int:
-        """SIGSTOP: the TCP connection stays open but nothing answers (a hung peer)."""
+        """SIGSTOP to its sshd processes: the TCP connection stays open but nothing answers
+        (a hung peer)."""
         return self.signal_session(signal.SIGSTOP, client_port)
 
     def thaw_and_kill_sessions(self) -> None:
@@ -219,6 +247,18 @@ class SSHServer:
 def client_port(conn) -> int:
     """The local port of an SSHConnection's socket (to find its sshd session)."""
     return conn._client.get_transport().sock.getsockname()[1]
+
+
+def _split(tree: list[psutil.Process]) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    """(the session's sshd processes, the commands it runs) of one session tree."""
+    server, commands = [], []
+    for p in tree:
+        try:
+            is_sshd = p.name().startswith("sshd")     # sshd, or sshd-session (OpenSSH 9.8+)
+        except psutil.NoSuchProcess:
+            continue
+        (server if is_sshd else commands).append(p)
+    return server, commands
 
 
 def _serves(proc: psutil.Process, port: int) -> bool:

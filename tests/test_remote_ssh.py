@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -228,6 +229,31 @@ def test_killed_session_is_noticed_and_replaced(sshd, conn):  # noqa: F811
     sshd.kill_session(client_port(conn))
     with pytest.raises(ConnectionLost):
         conn.heartbeat()
+    conn.ensure()
+    assert conn.run("echo again").stdout == "again\n"
+
+
+def test_a_cut_leaves_the_commands_the_session_ran_to_end_by_themselves(sshd, conn, tmp_path):  # noqa: F811
+    """A cut kills the connection, not what the host's shell runs (as a real cut): killing a
+    shell inside its critical section leaves its lock behind. Root's .bashrc here runs
+    ``pyenv rehash`` at every login, whose lock file all sessions share: left behind, it
+    stalled every later session of every test host for 60 s."""
+    lock = tmp_path / "held.lock"
+    errors = []
+
+    def hold():
+        try:
+            conn.run(f"trap 'rm -f {lock}' EXIT; : > {lock}; sleep 1; :", timeout=20)
+        except Exception as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert wait_until(lock.exists), "the command never took its lock"
+    assert sshd.kill_session(client_port(conn)) >= 1
+    t.join(20)
+    assert len(errors) == 1 and isinstance(errors[0], ConnectionLost), errors
+    assert wait_until(lambda: not lock.exists()), "the cut left the command's lock behind"
     conn.ensure()
     assert conn.run("echo again").stdout == "again\n"
 

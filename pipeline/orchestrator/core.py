@@ -265,7 +265,7 @@ class Orchestrator:
             w.starting = False
             self._worker_error(w, d["error"])
         elif ev.kind == "link_error":
-            self.log.warning("%s: %s", w.name, d["error"])
+            self.log.warning("%s", _named(w.name, d["error"]))
             for f in list(self._flights_of(w.name)):
                 f.fetching = False
                 if f.reclaim and not f.result_path:
@@ -742,8 +742,9 @@ class Orchestrator:
             time.sleep(0.05)
         for w in self.workers.values():
             w.link.stop()
+        deadline = time.monotonic() + 15.0     # one wait for all: hung hosts do not add up
         for w in self.workers.values():
-            if not w.link.join(15.0):
+            if not w.link.join(max(0.0, deadline - time.monotonic())):
                 self.log.warning("%s: link still busy at exit (a transfer is cut; it is "
                                  "redone next time)", w.name)
         try:

@@ -113,6 +113,8 @@ class WorkerLink:
         self._retry_at = 0.0
         self._busy = False
         self.down_since: float | None = None
+        if hasattr(transport, "on_retry"):
+            transport.on_retry = self._retrying
         self.thread = threading.Thread(target=self._run, name=f"link-{name}", daemon=True)
 
     # ---- the main loop's side ---------------------------------------------------------------
@@ -249,6 +251,14 @@ class WorkerLink:
         except Exception:
             pass
 
+    def _retrying(self, exc: BaseException) -> None:
+        # the first failure of a step retried once: without it a failure reported after
+        # two time limits looks like one limit enforced late
+        text = str(exc)
+        if not text.startswith(f"{self.name}:"):
+            text = f"{self.name}: {text}"
+        self.log.warning("%s; once more on a fresh connection", text)
+
     # ---- host-side steps --------------------------------------------------------------------
     def hostop(self, op: str, **spec) -> dict:
         spec = {"root": self.transport.root, "layout": LAYOUT, **spec}
@@ -266,8 +276,9 @@ class WorkerLink:
         timeout = settings.transfer_timeout if settings and op in _LONG_OPS else None
         try:
             result = self.transport.run(argv, timeout=timeout)
-        except (ConnectionLost, RemoteTimeout):
+        except (ConnectionLost, RemoteTimeout) as exc:
             self._close()      # every step is idempotent: once more on a fresh connection
+            self._retrying(exc)
             result = self.transport.run(argv, timeout=timeout)
         if result.exit_status == ROOT_MISSING:
             raise RootMissing(f"{self.name}: root {self.transport.root} does not exist on that host")
