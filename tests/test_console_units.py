@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from console import fmt
+from pipeline import fmt
 from console.adapters import (NotAvailable, SourceMessage, connect_read_only, read_backups,
                               read_db, runner_view, search_kwargs, worker_hosts)
 from console.command_log import CommandLog

@@ -9,7 +9,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
 from console.widgets.text_updates import set_message, set_text
-from console import fmt
+from pipeline import fmt
 from console.widgets.synced_table import SyncedTable
 
 
