@@ -13,6 +13,7 @@ Prints the figures; never run as a test.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import asyncio
 import os
 import shutil
@@ -250,6 +251,9 @@ def main() -> int:
     parser.add_argument("--procs", type=int, default=300)
     parser.add_argument("--idle-s", type=float, default=60.0)
     parser.add_argument("--keys", type=int, default=20)
+    parser.add_argument("--ssh-workers", type=int, default=0,
+                        help="worker hosts behind real sshd servers on loopback (hosts.toml), each "
+                             "with a running worker heartbeat: the console reads them every refresh")
     parser.add_argument("--no-stage", action="store_true",
                         help="no stage running (the floor: nothing on screen changes)")
     args = parser.parse_args()
@@ -257,6 +261,7 @@ def main() -> int:
         print("tmux is needed")
         return 2
     root = build_root(Path(args.root), args.rows)
+    servers = start_ssh_workers(root, args.ssh_workers)
     idle = start_idle_processes(args.procs)
     from pipeline.stage import request_stop, start_detached, stage_status
 
@@ -293,7 +298,55 @@ def main() -> int:
         for p in idle:
             p.kill()
             p.wait()
+        for server in servers:
+            server.stop()
+        if servers:
+            root.hosts_path.unlink()
     return 0
+
+
+def start_ssh_workers(root, n: int) -> list:
+    """n real sshd servers on 127.0.0.1 (tests/sshd_support.py), one worker host each, whose
+    root holds a fresh worker heartbeat (rewritten every second by a thread, as a live worker
+    would), so the console polls n SSH hosts the way it polls the iMac's two workers."""
+    if n <= 0:
+        return []
+    import json
+    import threading
+    import time as _time
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.sshd_support import SSHServer
+
+    base = Path(tempfile.mkdtemp(prefix="bench-console-ssh-"))
+    servers, roots, lines = [], [], []
+    for i in range(n):
+        server = SSHServer(base / f"sshd{i}").start()
+        servers.append(server)
+        wroot = base / f"wroot{i}"
+        (wroot / "run").mkdir(parents=True)
+        roots.append(wroot)
+        lines.append(f'[workers.w{i}]\naddress = "127.0.0.1"\nport = {server.port}\n'
+                     f'user = "{server.user}"\nkey_file = "{server.client_key}"\nroot = "{wroot}"\n'
+                     f'python = "{sys.executable}"\n')
+    known = base / "known_hosts"
+    known.write_text("".join(s.host_public_line() for s in servers))
+    root.hosts_path.write_text(f'known_hosts = "{known}"\n' + "\n".join(lines))
+
+    def beat() -> None:
+        started = _time.time()
+        while servers:
+            for i, wroot in enumerate(roots):
+                hb = {"stage": "worker", "pid": 40000 + i, "host": f"w{i}", "state": "running",
+                      "started": started, "heartbeat": _time.time(), "counters": {"done": 1},
+                      "rate": 1.0, "progress_at": _time.time(), "exit": None}
+                tmp = wroot / "run" / ".worker.json.tmp"
+                tmp.write_text(json.dumps(hb))
+                os.replace(tmp, wroot / "run" / "worker.json")
+            _time.sleep(1.0)
+
+    threading.Thread(target=beat, daemon=True).start()
+    return servers
 
 
 if __name__ == "__main__":

@@ -368,7 +368,9 @@ class ConsoleApp(App):
             source = f"host:{host['name']}"
             if source not in self.pollers:
                 self.host_rows.setdefault(host["name"], [self._host_row(host["name"], "waiting", "")])
-                self._add_poller(source, self._host_fetch(host))
+                # a worker rewrites its heartbeat every stage.heartbeat_s (2 s): reading it
+                # over SSH every refresh would only repeat the same answer
+                self._add_poller(source, self._host_fetch(host), every=2)
         self._render_stages()
 
     def _host_fetch(self, host: dict) -> Callable:
