@@ -270,10 +270,9 @@ def local_log_tail(path: Path, lines: int) -> tuple[list[str], tuple]:
         st = Path(path).stat()
     except FileNotFoundError:
         raise SourceMessage(f"no log yet at {path}") from None
-    with open(path, "rb") as fh:
-        fh.seek(max(0, st.st_size - 256 * 1024))
-        text = fh.read().decode("utf-8", "replace").splitlines()
-    return text[-lines:], (st.st_size, st.st_mtime_ns)
+    from pipeline.stage import tail_lines
+
+    return tail_lines(path, lines, max_bytes=256 * 1024), (st.st_size, st.st_mtime_ns)
 
 
 # ---------------------------------------------------------------------------

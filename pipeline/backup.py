@@ -25,7 +25,6 @@ write test: never write into an empty mount point) or `folder` (DECISIONS.md).
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from pipeline.errors import UserError
-from pipeline.fsutil import fsync_dir, read_json_or_none
+from pipeline.fsutil import exclusive_lock, fsync_dir, read_json_or_none
 
 GEN_RE = re.compile(r"^data_(\d{8}_\d{6})(?:_(\d+))?$")
 MANIFEST = "MANIFEST.json"
@@ -182,15 +181,10 @@ def check_destination(kind: str, path: Path, mount: Path | None, create: bool, w
 
 @contextmanager
 def _dir_lock(path: Path, what: str) -> Iterator[None]:
-    fd = os.open(path / ".backup.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BackupError(f"{what}: another backup is writing to {path}") from None
+    with exclusive_lock(path / ".backup.lock") as held:
+        if not held:
+            raise BackupError(f"{what}: another backup is writing to {path}")
         yield
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------
@@ -503,16 +497,10 @@ def close_interrupted(conn) -> int:
 @contextmanager
 def backup_lock(root) -> Iterator[None]:
     """The backup stage's instance lock (run/backup.lock), also taken by `backup verify`."""
-    root.run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root.lock_path("backup"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BackupError("the backup stage is running on this root; try again when it ends") from None
+    with exclusive_lock(root.lock_path("backup")) as held:
+        if not held:
+            raise BackupError("the backup stage is running on this root; try again when it ends")
         yield
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------

@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 def fsync_dir(path: Path) -> None:
@@ -59,3 +60,34 @@ def read_json_or_none(path: Path) -> Any:
         return None
     except OSError:
         return None
+
+
+def try_flock(path: Path) -> int | None:
+    """An exclusive flock on ``path`` (created if missing), without waiting: the descriptor
+    that holds it, or None when another process holds it. The kernel releases it when the
+    process dies, so a crash never leaves a lock behind; close the descriptor to release it."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[bool]:
+    """``with exclusive_lock(p) as held:`` held is False when another process has it."""
+    fd = try_flock(path)
+    try:
+        yield fd is not None
+    finally:
+        if fd is not None:
+            os.close(fd)

@@ -5,7 +5,6 @@ in the root's imageselector.toml), installed as crontab entries (Linux) or launc
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import plistlib
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from pipeline.errors import UserError
+from pipeline.stage import tail_lines
 
 BLOCK_BEGIN = "# BEGIN imageselector"
 BLOCK_END = "# END imageselector"
@@ -253,7 +253,7 @@ def run_job(root, job: Job, trigger: str = "manual",
             if code != 0:
                 outcome = "busy" if code == 3 else "failed"
                 break
-        tail = _tail(log_path, 20)
+        tail = "\n".join(tail_lines(log_path, 20, max_bytes=8192))
         _write(conn, "UPDATE schedule_runs SET finished_at = ?, exit_code = ?, outcome = ?, step = ?, "
                      "output_tail = ? WHERE run_id = ?",
                (time.time(), code, outcome, step_text, tail, run_id))
@@ -268,29 +268,12 @@ def _run_step(argv: list[str], log_path: Path) -> int:
         return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log).returncode
 
 
-def _tail(path: Path, n: int) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 8192))
-            return "\n".join(fh.read().decode("utf-8", "replace").splitlines()[-n:])
-    except FileNotFoundError:
-        return ""
-
-
 @contextmanager
 def _run_due_lock(root) -> Iterator[bool]:
-    root.run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root.run_dir / "schedule.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    from pipeline.fsutil import exclusive_lock
+
+    with exclusive_lock(root.run_dir / "schedule.lock") as held:
+        yield held
 
 
 def due_jobs(root, conn, now: float | None = None) -> list[tuple[Job, float]]:

@@ -24,7 +24,6 @@ index or the new one.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import math
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.fsutil import try_flock
 
 DIR_PREFIX = "search_"
 STATE_NAME = "state.json"
@@ -217,19 +217,13 @@ def _write(base: Path, model: str, index, state: dict, durable: bool) -> None:
 
 @contextmanager
 def _locked(folder: Path, timeout_s: float):
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     deadline = time.monotonic() + timeout_s
+    while (fd := try_flock(folder / ".lock")) is None:
+        if time.monotonic() > deadline:
+            raise UserError(f"{folder}: another process is updating this search "
+                            f"index (waited {timeout_s:.0f}s)")
+        time.sleep(0.1)
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise UserError(f"{folder}: another process is updating this search "
-                                    f"index (waited {timeout_s:.0f}s)") from None
-                time.sleep(0.1)
         yield
     finally:
         os.close(fd)

@@ -363,18 +363,10 @@ class _InstanceLock:
         self.fd: int | None = None
 
     def acquire(self) -> bool:
-        import fcntl
+        from pipeline.fsutil import try_flock
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.set_inheritable(fd, False)
-        self.fd = fd
-        return True
+        self.fd = try_flock(self.path)  # not inherited: os.open descriptors never are
+        return self.fd is not None
 
     def release(self) -> None:
         if self.fd is not None:
@@ -642,12 +634,13 @@ def start_detached(root, name: str, extra: list[str] | None = None, wait_s: floa
     raise UserError(f"stage {name} exited at once; last log lines:\n" + "\n".join(tail))
 
 
-def tail_lines(path: Path, n: int) -> list[str]:
+def tail_lines(path: Path, n: int, max_bytes: int = 64 * 1024) -> list[str]:
+    """The last ``n`` lines of a log (read from its last ``max_bytes``); [] when missing."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
-            fh.seek(max(0, size - 64 * 1024))
+            fh.seek(max(0, size - max_bytes))
             return fh.read().decode("utf-8", "replace").splitlines()[-n:]
     except FileNotFoundError:
         return []

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import json
-import time
 
 from imageselector.cli import add_root_argument
-from pipeline.fmt import duration, size
+from pipeline.fmt import date_time, duration, size
 
 
 
@@ -109,7 +108,7 @@ def cmd_list(args) -> int:
         print(json.dumps(out, indent=1))
     else:
         for o in out:
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(o["created"])) if o["created"] else "?"
+            when = date_time(o["created"]) if o["created"] else "?"
             print(f"{o['target']:<14} {o['generation']:<26} {when}  {size(o['bytes'])}")
     return 0
 

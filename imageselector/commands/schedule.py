@@ -6,10 +6,7 @@ import sys
 import time
 
 from imageselector.cli import add_root_argument
-
-
-def _when(ts) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+from pipeline.fmt import date_time
 
 
 def cmd_show(args) -> int:
@@ -29,7 +26,7 @@ def cmd_show(args) -> int:
     for j in jobs:
         last = j["last_run"] or {}
         state = "" if j["enabled"] else "(disabled) "
-        print(f"{j['job']:<20} {j['cron']:<14} next {_when(j['next_run'])}  last {_when(last.get('started_at'))} "
+        print(f"{j['job']:<20} {j['cron']:<14} next {date_time(j['next_run'])}  last {date_time(last.get('started_at'))} "
               f"{last.get('outcome') or ''} {state}")
         for s in j["steps"]:
             print(f"    imageselector {s}")
@@ -73,7 +70,7 @@ def cmd_run_due(args) -> int:
     while True:
         results = run_due(root, dry_run=args.dry_run)
         for r in results:
-            print(f"{_when(time.time())} {r['job']}: {r['outcome']}", flush=True)
+            print(f"{date_time(time.time())} {r['job']}: {r['outcome']}", flush=True)
             if r["outcome"] not in ("ok", "due"):
                 code = 1
         if not args.loop:

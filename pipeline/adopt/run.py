@@ -15,7 +15,6 @@ lines they produced; DB batches with their cursor in the new DB's sync_state.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import random
@@ -130,16 +129,12 @@ class Adoption(ShardPhase, TarPhase, DBPhase, PrimaryPhase):
 
     @contextmanager
     def _exclusive(self):
-        self.root.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root.run_dir / "adopt.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UserError(f"another `imageselector adopt` is running on {self.root.path}") from None
+        from pipeline.fsutil import exclusive_lock
+
+        with exclusive_lock(self.root.run_dir / "adopt.lock") as held:
+            if not held:
+                raise UserError(f"another `imageselector adopt` is running on {self.root.path}")
             yield
-        finally:
-            os.close(fd)
 
     def _check_stages(self) -> None:
         from pipeline.stage import STAGES, stage_status
