@@ -1,34 +1,35 @@
 """The console's settings, read once from the root's config (section `console`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from console.commands import validate_keymap
+from pipeline.config import config_values, toml_defaults
 
 REFRESH_STEPS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 THUMBNAIL_MODES = ("auto", "halfblock", "none")
 
 
 @dataclass
+@toml_defaults("console")
 class ConsoleSettings:
-    refresh_s: float = 1.0
-    source_timeout_s: float = 10.0
-    db_timeout_s: float = 2.0
-    lock_open_scan_s: float = 5.0
-    history_s: float = 600.0
-    log_lines: int = 500
-    log_context: int = 2
-    backup_overdue_s: float = 90000.0
-    thumbnails: str = "auto"
-    search_k: int = 24
-    keymap: dict = field(default_factory=dict)
+    refresh_s: float
+    source_timeout_s: float
+    db_timeout_s: float
+    lock_open_scan_s: float
+    history_s: float
+    log_lines: int
+    log_context: int
+    backup_overdue_s: float
+    thumbnails: str
+    search_k: int
+    keymap: dict
 
     @classmethod
     def from_config(cls, config) -> "ConsoleSettings":
         from pipeline.errors import UserError
 
-        values = {name: config.get(f"console.{name}") for name in cls.__dataclass_fields__}
-        settings = cls(**values)
+        settings = cls(**config_values(cls, config))
         settings.keymap = validate_keymap(settings.keymap)
         if settings.refresh_s <= 0:
             raise UserError(f"console.refresh_s must be above 0, got {settings.refresh_s}")

@@ -14,9 +14,9 @@ import sys
 import threading
 from dataclasses import dataclass
 
+from pipeline.config import config_values, toml_defaults
 from pipeline.errors import UserError
 
-JPEG_QUALITY = 90
 WHITE = (255, 255, 255)
 # The rembg release that hosts the stock models (for the "fetch" message).
 REMBG_RELEASE_URL = "https://github.com/danielgatis/rembg/releases/download/v0.0.0"
@@ -39,12 +39,15 @@ def choose_providers(available: list[str] | None = None, platform: str | None = 
 
 
 @dataclass(frozen=True)
+@toml_defaults("models", model="models.bg_model", model_path="models.bg_model_path",
+               providers="models.bg_providers", threads="models.bg_threads",
+               jpeg_quality="worker.jpeg_quality")
 class BgSettings:
-    model: str = "u2net"          # a rembg model name; "u2net_custom" needs model_path
-    model_path: str = ""          # for u2net_custom: must lie under $U2NET_HOME
-    providers: str = "auto"       # "auto" or a comma-separated onnxruntime provider list
-    threads: int = 0              # onnxruntime intra-op threads; 0 = its default
-    jpeg_quality: int = JPEG_QUALITY
+    model: str          # a rembg model name; "u2net_custom" needs model_path
+    model_path: str     # for u2net_custom: must lie under $U2NET_HOME
+    providers: str      # "auto" or a comma-separated onnxruntime provider list
+    threads: int        # onnxruntime intra-op threads; 0 = its default
+    jpeg_quality: int
 
     def provider_list(self) -> list[str]:
         if self.providers == "auto":
@@ -142,7 +145,6 @@ def settings_from_config(config, profile: str) -> BgSettings:
         from pipeline.testmodels import ensure_tiny_u2net
 
         model, model_path = "u2net_custom", str(ensure_tiny_u2net())
-    return BgSettings(model=model, model_path=model_path,
-                      providers=config.get("models.bg_providers"),
-                      threads=config.get("models.bg_threads"),
-                      jpeg_quality=config.get("worker.jpeg_quality"))
+    values = config_values(BgSettings, config)
+    values.update(model=model, model_path=model_path)
+    return BgSettings(**values)

@@ -9,10 +9,13 @@ reported naming the file (or variable) and the key.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import stat
 import tomllib
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,48 @@ def load_defaults() -> dict[str, dict]:
     for path in sorted(DEFAULTS_DIR.glob("*.toml")):
         sections[path.stem] = read_toml(path)
     return sections
+
+
+@functools.lru_cache(maxsize=1)
+def _package_defaults() -> dict[str, dict]:
+    return load_defaults()
+
+
+def toml_defaults(section: str, **keys: str):
+    """Class decorator, placed under ``@dataclass``: every field takes its default from the
+    package default ``<section>.<field>`` (or the dotted key given as ``field="section.key"``),
+    so a settings class and ``pipeline/defaults/*.toml`` cannot drift apart. A field keeps a
+    default of its own only where the TOML has no such key (both is an error at import), or
+    where it is mapped to None (``field=None``: not a config key).
+    ``config_values(cls, config)`` then reads exactly those keys from a root's Config."""
+    def apply(cls):
+        defaults = _package_defaults()
+        mapped: dict[str, str] = {}
+        for name in cls.__dict__.get("__annotations__", {}):
+            dotted = keys.get(name, f"{section}.{name}")
+            sec, _, key = (dotted or "").partition(".")
+            if dotted is None or key not in defaults.get(sec, {}):
+                if dotted is not None and name in keys:
+                    raise TypeError(f"{cls.__name__}.{name}: no key {dotted} in pipeline/defaults/{sec}.toml")
+                if name not in cls.__dict__:
+                    raise TypeError(f"{cls.__name__}.{name}: no default in the class or in {dotted}")
+                continue
+            if name in cls.__dict__:
+                raise TypeError(f"{cls.__name__}.{name}: a default in the class and in "
+                                f"pipeline/defaults/{sec}.toml; keep the TOML one")
+            value = defaults[sec][key]
+            if isinstance(value, (dict, list)):
+                value = field(default_factory=functools.partial(copy.deepcopy, value))
+            setattr(cls, name, value)
+            mapped[name] = dotted
+        cls.__config_keys__ = mapped
+        return cls
+    return apply
+
+
+def config_values(cls, config: "Config") -> dict[str, Any]:
+    """The root's values of every field of a ``@toml_defaults`` class, by field name."""
+    return {name: config.get(dotted) for name, dotted in cls.__config_keys__.items()}
 
 
 def _coerce(value: Any, default: Any, where: str, key: str) -> Any:

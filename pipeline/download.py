@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
+from pipeline.config import config_values, toml_defaults
 from pipeline.db import DEAD, DISCOVERED, DOWNLOADED, FAILED, retry_on_busy, set_image_fields, transaction
 from pipeline.errors import UserError
 from pipeline.fsutil import fsync_dir
@@ -75,35 +76,34 @@ def remove_temp_files(download_dir: Path) -> int:
 
 
 @dataclass
+@toml_defaults("download")
 class Settings:
-    workers: int = 8
-    max_in_flight: int = 16
-    per_host: int = 0
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 30.0
-    total_timeout_s: float = 120.0
-    max_tries: int = 3
-    backoff_s: float = 5.0
-    backoff_max_s: float = 120.0
-    max_redirects: int = 5
-    max_bytes: int = 25_000_000
-    max_pixels: int = 40_000_000
-    placeholder_max_bytes: int = 1000
-    min_free_gb: float = 5.0
-    verify: str = "draft"
-    fsync: bool = True
-    commit_batch: int = 200
-    commit_interval_s: float = 1.0
-    stop_grace_s: float = 5.0
-    idle_poll_s: float = 10.0
-    use_env_proxies: bool = False
-    user_agent: str = "imageselector-downloader/1"
+    workers: int
+    max_in_flight: int
+    per_host: int
+    connect_timeout_s: float
+    read_timeout_s: float
+    total_timeout_s: float
+    max_tries: int
+    backoff_s: float
+    backoff_max_s: float
+    max_redirects: int
+    max_bytes: int
+    max_pixels: int
+    placeholder_max_bytes: int
+    min_free_gb: float
+    verify: str
+    fsync: bool
+    commit_batch: int
+    commit_interval_s: float
+    stop_grace_s: float
+    idle_poll_s: float
+    use_env_proxies: bool
+    user_agent: str
 
     @classmethod
     def from_config(cls, config, **overrides) -> "Settings":
-        values = {}
-        for name in cls.__dataclass_fields__:
-            values[name] = config.get(f"download.{name}")
+        values = config_values(cls, config)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         settings.check()

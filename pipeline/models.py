@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline.config import config_values, toml_defaults
 from pipeline.errors import UserError
 
 # Some DINO ops are missing on MPS; the fallback must be in the environment before torch
@@ -115,14 +116,15 @@ def vector_source(vector_name: str) -> tuple[ModelSpec, bool]:
 # ---- settings ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+@toml_defaults("models")
 class ModelSettings:
-    profile: str = "production"
-    device: str = "auto"
-    precision: str = "fp32"
-    unload_between_models: bool = False
-    hf_cache_dir: str = ""       # "" = the Hugging Face default ($HF_HUB_CACHE, ~/.cache/...)
-    hf_token_file: str = ""      # only named in the "fetch" instructions; never read here
-    torch_threads: int = 0       # 0 = torch's default
+    profile: str
+    device: str
+    precision: str
+    unload_between_models: bool
+    hf_cache_dir: str   # "" = the Hugging Face default ($HF_HUB_CACHE, ~/.cache/...)
+    hf_token_file: str   # only named in the "fetch" instructions; never read here
+    torch_threads: int   # 0 = torch's default
 
     def __post_init__(self):
         if self.profile not in PROFILES:
@@ -136,15 +138,7 @@ class ModelSettings:
     @classmethod
     def from_config(cls, config, root_profile: str | None = None) -> "ModelSettings":
         """Read the ``models`` section; a production root refuses the test-profile models."""
-        settings = cls(
-            profile=config.get("models.profile"),
-            device=config.get("models.device"),
-            precision=config.get("models.precision"),
-            unload_between_models=config.get("models.unload_between_models"),
-            hf_cache_dir=config.get("models.hf_cache_dir"),
-            hf_token_file=config.get("models.hf_token_file"),
-            torch_threads=config.get("models.torch_threads"),
-        )
+        settings = cls(**config_values(cls, config))
         if root_profile == "production" and settings.profile != "production":
             raise UserError(f"this is a production root: models.profile must be production, "
                             f"not {settings.profile!r} (set by ${PROFILE_ENV} or imageselector.toml)")

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import config_values, toml_defaults
 from pipeline.errors import UserError
 
 log = logging.getLogger("imageselector.search")
@@ -50,31 +51,31 @@ CLIP_IMAGE = ("clip_vitb32", "clip_vitl14")
 
 
 @dataclass
+@toml_defaults("search")
 class SearchSettings:
-    weights: dict = field(default_factory=dict)
-    rrf_k: int = 60
-    depth: int = 100
-    agree_first: bool = True
-    min_agree: int = 1
-    text_indexes: bool = False
-    nprobe: int = 32
-    ef_search: int = 128
-    rerank: int = 0
-    omp_threads: int = 1
-    max_k: int = 1000
-    lock_wait_s: float = 10.0
-    threads: int = 0
-    index_type: str = "IVF{nlist},PQ{pq}x4fs"
-    index_min_rows: int = 200_000
-    index_nlist: int = 0
-    index_train_rows: int = 200_000
-    index_max_lag: int = 200_000
-    share_candidates: bool = True
+    weights: dict
+    rrf_k: int
+    depth: int
+    agree_first: bool
+    min_agree: int
+    text_indexes: bool
+    nprobe: int
+    ef_search: int
+    rerank: int
+    omp_threads: int
+    max_k: int
+    lock_wait_s: float
+    threads: int
+    index_type: str
+    index_min_rows: int
+    index_nlist: int
+    index_train_rows: int
+    index_max_lag: int
+    share_candidates: bool
 
     @classmethod
     def from_config(cls, config) -> "SearchSettings":
-        names = cls.__dataclass_fields__
-        return cls(**{n: config.get(f"search.{n}") for n in names})
+        return cls(**config_values(cls, config))
 
 
 @dataclass

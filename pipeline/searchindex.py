@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import config_values, toml_defaults
 from pipeline.errors import UserError
 from pipeline.fsutil import try_flock
 
@@ -240,21 +241,20 @@ def snapshot_shards(base: Path, lock_wait_s: float = 600.0):
 
 
 @dataclass
+@toml_defaults("search", template="search.index_type", min_rows="search.index_min_rows",
+               nlist="search.index_nlist", train_rows="search.index_train_rows",
+               durable="index.fsync", lock_wait_s=None)
 class BuildSettings:
-    template: str = "IVF{nlist},PQ{pq}x4fs"
-    min_rows: int = 200_000
-    nlist: int = 0
-    train_rows: int = 200_000
-    durable: bool = True
-    lock_wait_s: float = 600.0
+    template: str
+    min_rows: int
+    nlist: int
+    train_rows: int
+    durable: bool
+    lock_wait_s: float = 600.0   # a build waits this long for another build of the model
 
     @classmethod
     def from_config(cls, config) -> "BuildSettings":
-        return cls(template=config.get("search.index_type"),
-                   min_rows=config.get("search.index_min_rows"),
-                   nlist=config.get("search.index_nlist"),
-                   train_rows=config.get("search.index_train_rows"),
-                   durable=config.get("index.fsync"))
+        return cls(**config_values(cls, config))
 
 
 def update(base: Path, model: str, settings: BuildSettings, force: bool = False,

@@ -155,9 +155,9 @@ def test_kill_file_stops_within_seconds_db_and_disk_agree(tmp_root):
 
 def test_kill_file_releases_stalled_downloads(tmp_root):
     """Downloads stuck in a stalled body are released after stop_grace_s, not waited for
-    until their 60 s read timeout; their images stay discovered, with no file."""
+    until their 600 s read timeout; their images stay discovered, with no file."""
     root = tmp_root
-    ds.write_config(root, read_timeout_s=60.0, stop_grace_s=0.5)
+    ds.write_config(root, read_timeout_s=600.0, stop_grace_s=0.5)
     with ds.ImageServer() as server:
         ds.seed(root, [(8, i, server.add(f"/s{i}", ds.jpeg_bytes(200, 150, seed=i), mode="stall"))
                        for i in range(6)])
@@ -166,16 +166,14 @@ def test_kill_file_releases_stalled_downloads(tmp_root):
                                 stderr=subprocess.PIPE)
         try:
             wait_for(lambda: server.active >= 4, timeout=60, what="4 stalled downloads")
-            started = time.monotonic()
             root.file("KILL_DL").touch()
+            # a hang guard far below the read timeout: only released stalls let the stage end in time
             proc.wait(timeout=30)
-            elapsed = time.monotonic() - started
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     assert proc.returncode == 0, proc.stderr.read()[-2000:]
-    assert elapsed < 30  # far below the 60 s read timeout: the stalls were released
     rows = ds.check_db_matches_disk(root)
     assert {r["state"] for r in rows.values()} == {"discovered"}
     log = root.log_path("download").read_text()

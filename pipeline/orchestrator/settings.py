@@ -1,38 +1,38 @@
 """The orchestrator's configuration (pipeline/defaults/orchestrate.toml)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
+from pipeline.config import config_values, toml_defaults
 from pipeline.errors import UserError
 
 
 @dataclass(frozen=True)
+@toml_defaults("orchestrate", stale_after_s="stage.stale_after_s")
 class OrchestrateSettings:
-    batch_size: int = 10000
-    lease_s: float = 1800.0
-    lost_after_polls: int = 3
-    max_attempts: int = 3
-    min_in_flight: int = 2
-    max_in_flight: int = 4
-    default_rate: float = 5.0
-    poll_s: float = 5.0
-    tick_s: float = 0.5
-    start_workers: bool = True
-    worker_start_retry_s: float = 60.0
-    stop_workers: bool = True
-    error_retry_s: float = 300.0
-    flush_settle_s: float = 30.0
-    flush_max_age_s: float = 86400.0
-    local_direct: bool = True
-    implicit_local_worker: bool = True
-    status_timeout_s: float = 3.0
-    stale_after_s: float = 30.0       # stage.stale_after_s: a worker heartbeat older is stale
+    batch_size: int
+    lease_s: float
+    lost_after_polls: int
+    max_attempts: int
+    min_in_flight: int
+    max_in_flight: int
+    default_rate: float
+    poll_s: float
+    tick_s: float
+    start_workers: bool
+    worker_start_retry_s: float
+    stop_workers: bool
+    error_retry_s: float
+    flush_settle_s: float
+    flush_max_age_s: float
+    local_direct: bool
+    implicit_local_worker: bool
+    status_timeout_s: float
+    stale_after_s: float              # a worker heartbeat older is stale
 
     @classmethod
     def from_config(cls, config, **overrides) -> "OrchestrateSettings":
-        values = {f.name: config.get(f"orchestrate.{f.name}") for f in fields(cls)
-                  if f.name != "stale_after_s"}
-        values["stale_after_s"] = float(config.get("stage.stale_after_s"))
+        values = config_values(cls, config)
         values.update(overrides)
         settings = cls(**values)
         settings.check(config)

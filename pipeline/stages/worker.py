@@ -20,24 +20,23 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline import batchfile
+from pipeline.config import config_values, toml_defaults
 from pipeline.batchfile import BatchError, WorkerDirs
 
 DONE, REJECTED, STOPPED, SKIPPED = "done", "rejected", "stopped", "skipped"
 
 
 @dataclass(frozen=True)
+@toml_defaults("worker")
 class WorkerSettings:
-    batch_size: int = 0
-    prep_threads: int = 2
-    prefetch_images: int = 64
-    poll_s: float = 5.0
+    batch_size: int
+    prep_threads: int
+    prefetch_images: int
+    poll_s: float
 
     @classmethod
     def from_config(cls, config) -> "WorkerSettings":
-        return cls(batch_size=config.get("worker.batch_size"),
-                   prep_threads=config.get("worker.prep_threads"),
-                   prefetch_images=config.get("worker.prefetch_images"),
-                   poll_s=config.get("worker.poll_s"))
+        return cls(**config_values(cls, config))
 
 
 def build_embedder(root, batch_size: int | None = None):

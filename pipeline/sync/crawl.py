@@ -28,20 +28,22 @@ EXIT_QUOTA = 75  # EX_TEMPFAIL: stopped for the day's quota; the next run resume
 
 @dataclass
 class Settings:
-    root_taxonomy_id: int = 967
-    band_config: str = "furniture_taxonomy_config.json"
-    page_size: int = 100
-    max_results: int = 12000
-    listing_refresh_s: float = 5 * 86400
-    shop_active_s: float = 7 * 86400
-    shop_refresh_s: float = 5 * 86400
-    review_active_s: float = 30 * 86400
-    fetch_new_shops: bool = True
-    batch_known_listings: bool = False
-    url_field: str = "url_570xN"
-    threads: int = 2
-    phases: tuple = PHASES
-    min_pass_interval_s: float = 0.0
+    """Built only by from_config: the defaults live in pipeline/defaults/sync.toml."""
+
+    root_taxonomy_id: int
+    band_config: str
+    page_size: int
+    max_results: int
+    listing_refresh_s: float
+    shop_active_s: float
+    shop_refresh_s: float
+    review_active_s: float
+    fetch_new_shops: bool
+    batch_known_listings: bool
+    url_field: str
+    threads: int
+    phases: tuple
+    min_pass_interval_s: float
 
     @classmethod
     def from_config(cls, cfg, args=None) -> "Settings":
