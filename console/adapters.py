@@ -83,15 +83,12 @@ def read_db(root, now: float, timeout_s: float = 2.0) -> dict:
 def read_backups(root, now: float, timeout_s: float = 2.0) -> dict:
     """Each backup target's state, and the scheduled jobs with their last results (or, before
     the scheduler exists, the last backup rows). These change slowly: polled less often."""
-    from pipeline.status import backups_summary
+    from pipeline.backup import status_view
 
     conn = connect_read_only(root.db_path, timeout_s)
     out: dict[str, Any] = {"backups": [], "schedule": None, "backup_jobs": [], "notes": []}
     try:
-        out["backups"] = _optional_section(out, "backup targets", "pipeline.backup",
-                                           "backup_status", root, conn, now)
-        if out["backups"] is None:
-            out["backups"] = backups_summary(conn, now)
+        out["backups"] = status_view(root, conn, now, out["notes"])
         out["schedule"] = _optional_section(out, "schedule", "pipeline.schedule", "show",
                                             root, conn, now)
         out["backup_jobs"] = [dict(zip(("backup_id", "target", "kind", "started_at",

@@ -436,7 +436,7 @@ class ConsoleApp(App):
         else:
             self.history.add(at, queues)
             self._render_queues()
-            self.panels.backups.show(snapshot.get("backup_targets") or snapshot.get("backups", []),
+            self.panels.backups.show(snapshot.get("backups", []),
                                      snapshot.get("schedule"), snapshot.get("backup_jobs", []),
                                      self.settings.backup_overdue_s)
         self._apply("locks", OK, snapshot.get("locks", []), None)

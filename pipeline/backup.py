@@ -1020,12 +1020,21 @@ def job_interval_s(root, job: str) -> float | None:
         return None
 
 
-def backup_status(root, conn, now: float | None = None) -> list[dict]:
-    """Per configured target and mirror: last success, age, size, verified, overdue."""
+def backup_status(root, conn, now: float | None = None, configured: bool = True) -> list[dict]:
+    """Per target and mirror: last success, age, size, verified, overdue. The configured
+    ones first (never run: overdue), then any the backups table still remembers that the
+    config no longer names (``configured`` false, never overdue). ``configured=False``
+    lists only the remembered ones (for a status whose backup config does not parse)."""
     now = time.time() if now is None else now
     factor = float(root.config.get("backup.overdue_factor"))
-    items = [(t.name, SNAPSHOT, t.job, str(t.path), t.kind) for t in load_targets(root)]
-    items += [(m.name, MIRROR, m.job, str(m.dest), m.kind) for m in load_mirrors(root)]
+    items = []
+    if configured:
+        items = [(t.name, SNAPSHOT, t.job, str(t.path), t.kind) for t in load_targets(root)]
+        items += [(m.name, MIRROR, m.job, str(m.dest), m.kind) for m in load_mirrors(root)]
+    named = {(name, kind) for name, kind, *_ in items}
+    items += [(name, kind, None, None, None) for name, kind in conn.execute(
+        "SELECT DISTINCT target, kind FROM backups WHERE kind IN (?, ?) ORDER BY target, kind",
+        (SNAPSHOT, MIRROR)) if (name, kind) not in named]
     out = []
     for name, kind, job, path, tkind in items:
         ok_row = conn.execute(
@@ -1038,7 +1047,7 @@ def backup_status(root, conn, now: float | None = None) -> list[dict]:
         ver = conn.execute(
             "SELECT finished_at, ok, error FROM backups WHERE target = ? AND kind = ? AND finished_at "
             "IS NOT NULL ORDER BY finished_at DESC LIMIT 1", (name, vkind)).fetchone()
-        interval = job_interval_s(root, job)
+        interval = job_interval_s(root, job) if job else None
         last_success = ok_row[0] if ok_row else None
         age = round(now - last_success, 1) if last_success else None
         verified = bool(ok_row and ok_row[2])
@@ -1048,10 +1057,12 @@ def backup_status(root, conn, now: float | None = None) -> list[dict]:
         failed_last = bool(last and last[1] is not None and not last[2])
         out.append({
             "target": name, "kind": kind, "target_kind": tkind, "path": path, "job": job,
+            "configured": tkind is not None,
             "last_success": last_success, "age_s": age,
             "size_bytes": ok_row[1] if ok_row else None, "verified": verified,
             "interval_s": interval,
-            "overdue": (last_success is None or (interval is not None and age > interval * factor)),
+            "overdue": tkind is not None and (last_success is None
+                                              or (interval is not None and age > interval * factor)),
             "last_attempt": last[0] if last else None,
             "last_ok": None if not last or last[1] is None else bool(last[2]),
             "in_progress": in_progress,
@@ -1062,11 +1073,14 @@ def backup_status(root, conn, now: float | None = None) -> list[dict]:
     return out
 
 
-def status_section(root, conn) -> list[dict] | None:
-    """For pipeline.status.SECTIONS["backup_targets"]."""
-    if conn is None:
-        return None
-    return backup_status(root, conn)
+def status_view(root, conn, now: float, errors: list[str]) -> list[dict]:
+    """The status snapshot's and the console's ``backups``: backup_status; when the backup
+    config does not parse, the targets the DB remembers, with the error in ``errors``."""
+    try:
+        return backup_status(root, conn, now)
+    except UserError as exc:
+        errors.append(f"backups: {exc}")
+        return backup_status(root, conn, now, configured=False)
 
 
 def _unlink(path: Path) -> None:

@@ -46,7 +46,6 @@ def workers_section(root, conn) -> list[dict]:
 SECTIONS: dict[str, Callable] = {
     "runner": runner_section,
     "workers": workers_section,
-    "backup_targets": _lazy("pipeline.backup", "status_section"),
     "disk": _lazy("pipeline.housekeeping", "disk_section"),
     "schedule": _lazy("pipeline.schedule", "status_section"),
 }
@@ -63,23 +62,6 @@ def local_stage_names(root) -> list[str]:
     return names
 
 
-def backups_summary(conn: sqlite3.Connection, now: float) -> list[dict]:
-    rows = conn.execute(
-        "SELECT target, kind, MAX(CASE WHEN ok = 1 THEN finished_at END), "
-        "MAX(started_at), SUM(CASE WHEN ok = 0 THEN 1 ELSE 0 END) FROM backups GROUP BY target, kind"
-    ).fetchall()
-    out = []
-    for target, kind, last_ok, last_try, failures in rows:
-        latest = conn.execute(
-            "SELECT ok, verified, size_bytes, error FROM backups WHERE target = ? AND kind = ? "
-            "ORDER BY started_at DESC LIMIT 1", (target, kind)).fetchone()
-        out.append({"target": target, "kind": kind, "last_success": last_ok,
-                    "age_s": round(now - last_ok, 1) if last_ok else None,
-                    "last_attempt": last_try, "last_ok": bool(latest[0]) if latest[0] is not None else None,
-                    "verified": bool(latest[1]), "size_bytes": latest[2], "error": latest[3]})
-    return out
-
-
 def snapshot(root, tracker: LockTracker | None = None, now: float | None = None,
              with_locks: bool = True) -> dict:
     now = time.time() if now is None else now
@@ -88,7 +70,9 @@ def snapshot(root, tracker: LockTracker | None = None, now: float | None = None,
     try:
         conn = open_db(root)
         result["queues"] = queue_depths(conn)
-        result["backups"] = backups_summary(conn, now)
+        from pipeline.backup import status_view
+
+        result["backups"] = status_view(root, conn, now, result["errors"])
     except DBError as exc:
         result["queues"] = {state: None for state in IMAGE_STATES}
         result["backups"] = []

@@ -69,6 +69,29 @@ def test_restore_drill_on_the_command_line(tmp_root, tmp_path):
     assert proc.returncode == 2 and "not empty" in proc.stderr
 
 
+def test_status_shows_a_target_no_longer_configured_and_survives_a_bad_backup_config(tmp_root, tmp_path):
+    """One backups view (status --json, the console, backup status): a renamed target keeps its
+    history, the new one is overdue until it runs; a backup config that does not parse still
+    shows what the DB remembers, with the error named."""
+    root = _root_with_target(tmp_root, tmp_path / "bk", "create = true")
+    assert _snap(root).ok
+    text = root.config_path.read_text().replace("[backup.targets.main]", "[backup.targets.fresh]")
+    root.config_path.write_text(text)
+    snap = json.loads(cli("status", "--json", root=root).stdout)
+    by_name = {b["target"]: b for b in snap["backups"]}
+    assert by_name["main"]["configured"] is False and by_name["main"]["last_success"]
+    assert by_name["main"]["overdue"] is False
+    assert by_name["fresh"]["configured"] is True and by_name["fresh"]["overdue"] is True
+    assert by_name["fresh"]["last_success"] is None
+    out = cli("status", root=root).stdout
+    assert "no longer configured" in out and "OVERDUE" in out
+    root.config_path.write_text(text.replace('kind = "folder"', 'kind = "tape"'))
+    proc = cli("status", "--json", root=root)
+    snap = json.loads(proc.stdout)
+    assert [b["target"] for b in snap["backups"]] == ["main"]
+    assert any(e.startswith("backups: ") and "tape" in e for e in snap["errors"])
+
+
 def test_index_verify_on_the_restored_root(tmp_root, tmp_path):
     probe = cli("index", "verify", "--help")
     if probe.returncode != 0:

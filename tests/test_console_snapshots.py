@@ -73,7 +73,7 @@ def locks_app() -> App:
 def backups_app() -> App:
     snap = busy()
     return PanelApp(BackupsPanel, lambda app: app.query_one(BackupsPanel).show(
-        snap["backup_targets"], snap["schedule"], snap["backup_jobs"], 90000.0))
+        snap["backups"], snap["schedule"], snap["backup_jobs"], 90000.0))
 
 
 def backups_before_scheduler_app() -> App:

@@ -47,7 +47,7 @@ def test_sandbox_pipeline_end_to_end(sandbox):
     assert queues["tarred"] >= 20
     assert db.queue_depths(conn) == db.count_states_slowly(conn)
     assert run_cli("index", "verify", root=root).returncode == 0
-    assert [b for b in snap["backup_targets"] if b["target"] == "sandbox"][0]["verified"]
+    assert [b for b in snap["backups"] if b["target"] == "sandbox"][0]["verified"]
     # search by an indexed listing: one result per listing, never the query itself, with its
     # primary image read from the primary tars by offset
     listing = conn.execute("SELECT listing_id FROM image_status WHERE state IN ('embedded','tarred') "

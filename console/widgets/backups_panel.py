@@ -30,6 +30,8 @@ def target_status(b: dict, overdue_s: float) -> tuple[str, str]:
     interval = b.get("interval_s")
     if b.get("in_progress"):
         return "running", "backup--running"
+    if b.get("configured") is False:
+        return "no longer configured", "backup--overdue"
     if b.get("last_ok") is False:
         return "last run failed", "backup--failed"
     if age is None:

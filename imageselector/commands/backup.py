@@ -26,19 +26,22 @@ def cmd_status(args) -> int:
         print("no backup target or mirror configured ([backup.targets.NAME] in imageselector.toml)")
         return 0
     for it in items:
-        flags = []
-        if it["overdue"]:
-            flags.append("OVERDUE")
-        if it["in_progress"]:
-            flags.append("running")
-        if it["last_error"]:
-            flags.append("LAST FAILED")
-        print(f"{it['target']:<14} {it['kind']:<9} last ok {(duration(it['age_s']) if it['age_s'] is not None else 'never'):>6} ago  "
-              f"{size(it['size_bytes']):>8}  {'verified' if it['verified'] else 'not verified':<12} "
-              f"{' '.join(flags)}")
-        if it["last_error"]:
-            print(f"  error: {it['last_error']}")
+        print("\n".join(backup_lines(it)))
     return 0
+
+
+def backup_lines(it: dict, indent: str = "") -> list[str]:
+    """One target of backup_status as text (also `imageselector status`)."""
+    flags = [text for key, text in (("overdue", "OVERDUE"), ("in_progress", "running"),
+                                    ("last_error", "LAST FAILED")) if it.get(key)]
+    if it.get("configured") is False:
+        flags.append("no longer configured")
+    age = f"{duration(it['age_s'])} ago" if it["age_s"] is not None else "never"
+    lines = [f"{indent}{it['target']:<14} {it['kind']:<9} last ok {age:>9}  {size(it['size_bytes']):>8}  "
+             f"{'verified' if it['verified'] else 'not verified':<12} {' '.join(flags)}".rstrip()]
+    if it.get("last_error"):
+        lines.append(f"{indent}  error: {it['last_error']}")
+    return lines
 
 
 def cmd_verify(args) -> int:

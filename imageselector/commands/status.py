@@ -5,6 +5,7 @@ import json
 import time
 
 from imageselector.cli import add_root_argument
+from imageselector.commands.backup import backup_lines
 from pipeline.fmt import duration
 
 
@@ -43,8 +44,7 @@ def cmd_status(args) -> int:
     if not snap["backups"]:
         print("  none yet")
     for b in snap["backups"]:
-        print(f"  {b['target']:<16} {b['kind']:<14} last ok {duration(b['age_s'])} ago  "
-              f"{'verified' if b['verified'] else 'not verified'}")
+        print("\n".join(backup_lines(b, indent="  ")))
     for err in snap["errors"]:
         print(f"error: {err}")
     return 1 if snap["errors"] else 0
