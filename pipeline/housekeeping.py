@@ -1,9 +1,10 @@
 """Housekeeping: rotation of every stage's log, and disk use per folder for the console.
 
-Rotation: `logs/<name>.log` over backup.log_max_bytes becomes `<name>.log.1` (older ones
-shift up to backup.log_keep, the oldest is removed). A stage that is running keeps its log
-open (append mode), so its log is copied and then truncated in place instead of renamed:
-its next line lands at the start of the emptied file, not in the rotated one.
+Rotation: `logs/<name>.log` over backup.log_max_bytes is renamed `<name>.log.1` (older ones
+shift up to backup.log_keep, the oldest is removed). Never copy-and-truncate, which loses
+whatever a running writer appends between the copy and the truncation: a running stage's
+log handler sees the rename at its next line and opens a new `<name>.log`
+(pipeline.stage.ReopeningLogHandler); anything written before that lands in `<name>.log.1`.
 
 Disk use walks each folder of the root once and caches the result in run/disk_usage.json;
 the console reads the cache (`disk_section`), never walks millions of files itself.
@@ -18,19 +19,6 @@ from pathlib import Path
 from pipeline.fsutil import atomic_write_json, read_json_or_none
 
 
-def _live_stage_logs(root) -> set[str]:
-    from pipeline.stage import STAGES, is_live, stage_status
-
-    live = set()
-    for name in STAGES:
-        try:
-            if is_live(stage_status(root, name)):
-                live.add(f"{name}.log")
-        except Exception:
-            live.add(f"{name}.log")  # when in doubt, do not rename a log under a writer
-    return live
-
-
 def rotate_logs(root, max_bytes: int | None = None, keep: int | None = None) -> list[str]:
     """Rotate every log in logs/ that is over max_bytes. Returns the logs rotated."""
     max_bytes = int(root.config.get("backup.log_max_bytes") if max_bytes is None else max_bytes)
@@ -38,7 +26,6 @@ def rotate_logs(root, max_bytes: int | None = None, keep: int | None = None) -> 
     logs = root.logs_dir
     if not logs.is_dir():
         return []
-    live = _live_stage_logs(root)
     rotated = []
     for name in sorted(os.listdir(logs)):
         if not name.endswith(".log"):
@@ -57,13 +44,7 @@ def rotate_logs(root, max_bytes: int | None = None, keep: int | None = None) -> 
                 older.unlink()
             else:
                 os.replace(older, logs / f"{name}.{i + 1}")
-        if keep < 1:
-            with open(path, "r+b") as fh:
-                fh.truncate(0)
-        elif name in live:
-            tmp = logs / f".{name}.1.tmp"
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, logs / f"{name}.1")
+        if keep < 1:  # no history wanted: the operator accepts losing lines
             with open(path, "r+b") as fh:
                 fh.truncate(0)
         else:

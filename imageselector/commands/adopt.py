@@ -19,7 +19,9 @@ def _logger(root, quiet: bool) -> logging.Logger:
         log.removeHandler(h)
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     root.logs_dir.mkdir(parents=True, exist_ok=True)
-    fh = logging.FileHandler(root.log_path("adopt"), encoding="utf-8")
+    from pipeline.stage import ReopeningLogHandler
+
+    fh = ReopeningLogHandler(root.log_path("adopt"))
     fh.setFormatter(fmt)
     log.addHandler(fh)
     if not quiet:
