@@ -22,6 +22,12 @@ always complete::
     <vector>.f32    raw little-endian float32, rows x dim, in ids order (= manifest order,
                     failed images left out)
     images/<listing_id>_<image_id>.jpg      the bg-removed image of each row (JPEG q90)
+
+A worker stopped in the middle of a batch keeps the rows it finished in a hidden
+``.<batch_id>.kept/`` in its outbox (their bg-removed images, ``<vector>.kept.f32`` and
+``kept.json``: the manifest's keys, the finished and failed row indexes, the model
+fingerprint); its next run takes them back and embeds only the rest. The orchestrator never
+sees it (hidden names are not results).
 """
 from __future__ import annotations
 
@@ -47,6 +53,9 @@ RESULT = "result.json"
 IDS = "ids.json"
 IMAGES = "images"
 PARTIAL_SUFFIX = ".partial"
+KEPT_FORMAT = "imageselector-kept/1"
+KEPT = "kept.json"
+KEPT_SUFFIX = ".kept"
 # The worker's folders, relative to the root of the host it runs on.
 INBOX = "worker/inbox"
 OUTBOX = "worker/outbox"
@@ -277,6 +286,26 @@ class BatchResult:
         return self.path / IMAGES / image_name(lid, iid)
 
 
+def kept_path(outbox: Path, batch_id: str) -> Path:
+    """Where a stopped run keeps the finished rows of ``batch_id``."""
+    return Path(outbox) / f".{batch_id}{KEPT_SUFFIX}"
+
+
+def clean_orphan_kept(outbox: Path, inbox: Path) -> list[str]:
+    """Remove kept rows of batches no longer in the inbox (finished elsewhere or withdrawn)."""
+    removed = []
+    if not Path(outbox).is_dir():
+        return removed
+    for entry in Path(outbox).iterdir():
+        name = entry.name
+        if name.startswith(".") and name.endswith(KEPT_SUFFIX):
+            batch_id = name[1:-len(KEPT_SUFFIX)]
+            if not (Path(inbox) / batch_id).is_dir():
+                remove_tree(entry)
+                removed.append(name)
+    return removed
+
+
 class ResultWriter:
     """Stages a result under a hidden name; ``commit`` makes it visible in one rename."""
 
@@ -298,6 +327,81 @@ class ResultWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+
+    def keep(self, manifest: list[ManifestRow], kept: "BatchVectors", fingerprint: str) -> Path:
+        """A stop in mid-batch: keep the finished rows (their images and vectors) for the
+        next run instead of throwing hours of work away. Written like a result: staged,
+        fsynced, renamed into place in one step."""
+        import numpy as np
+
+        finished = {manifest[i].image_name for i in kept.ok}
+        for p in (self.staging / IMAGES).iterdir():
+            if p.name not in finished:   # prepared but not embedded: done again next time
+                p.unlink()
+        for name in VECTOR_ORDER:
+            arr = np.ascontiguousarray(kept.vectors[name], dtype="<f4")
+            if arr.shape != (len(kept.ok), VECTOR_DIMS[name]):
+                raise ResultError(f"kept rows of {self.batch_id}: {name} has shape {arr.shape}")
+            _write_file(self.staging / f"{name}.kept.f32", arr.tobytes())
+        images = {manifest[i].image_name: list(self._images[manifest[i].key]) for i in kept.ok}
+        _write_file(self.staging / KEPT, _json_bytes({
+            "format": KEPT_FORMAT, "batch_id": self.batch_id, "fingerprint": fingerprint,
+            "keys": [[r.listing_id, r.image_id] for r in manifest], "ok": kept.ok,
+            "failed": [[i, reason] for i, reason in kept.failed], "images": images}))
+        fsync_dir(self.staging / IMAGES)
+        fsync_dir(self.staging)
+        target = kept_path(self.outbox, self.batch_id)
+        remove_tree(target)
+        os.replace(self.staging, target)
+        fsync_dir(self.outbox)
+        return target
+
+    def take_kept(self, manifest: list[ManifestRow],
+                  fingerprint: str) -> tuple["BatchVectors | None", str | None]:
+        """Adopt the rows an earlier stopped run kept for this batch as this writer's
+        staging. Returns (rows, None); (None, None) when nothing was kept; (None, why) when
+        what was kept does not fit this manifest or these models (it is then removed)."""
+        import numpy as np
+
+        from pipeline.embed import BatchVectors
+
+        src = kept_path(self.outbox, self.batch_id)
+        if not src.is_dir():
+            return None, None
+        try:
+            meta = json.loads((src / KEPT).read_bytes())
+            if meta.get("format") != KEPT_FORMAT or meta.get("batch_id") != self.batch_id:
+                raise ValueError(f"not a {KEPT_FORMAT} of {self.batch_id}")
+            if meta["fingerprint"] != fingerprint:
+                raise ValueError("embedded by other models")
+            if [tuple(k) for k in meta["keys"]] != [r.key for r in manifest]:
+                raise ValueError("its manifest differs from this batch's")
+            ok = [int(i) for i in meta["ok"]]
+            failed = [(int(i), str(reason)) for i, reason in meta["failed"]]
+            vectors = {}
+            for name in VECTOR_ORDER:
+                arr = np.fromfile(src / f"{name}.kept.f32", dtype="<f4")
+                if arr.size != len(ok) * VECTOR_DIMS[name]:
+                    raise ValueError(f"{name}.kept.f32 holds {arr.size} values, not "
+                                     f"{len(ok)} x {VECTOR_DIMS[name]}")
+                vectors[name] = arr.reshape(len(ok), VECTOR_DIMS[name])
+            images = {}
+            for i in ok:
+                row = manifest[i]
+                sha, size = meta["images"][row.image_name]
+                if (src / IMAGES / row.image_name).stat().st_size != size:
+                    raise ValueError(f"image {row.image_name} is not the size recorded")
+                images[row.key] = (sha, size)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            remove_tree(src)
+            return None, str(exc)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        os.replace(src, self.staging)
+        for name in VECTOR_ORDER:   # the result gets its own vector files at commit
+            (self.staging / f"{name}.kept.f32").unlink()
+        (self.staging / KEPT).unlink()
+        self._images.update(images)
+        return BatchVectors(ok, vectors, failed, {}, 0.0), None
 
     def commit(self, rows: list[ManifestRow], vectors: dict[str, Any],
                failed: list[tuple[ManifestRow, str]], fingerprint: str,

@@ -27,7 +27,13 @@ from pipeline.models import VECTOR_DIMS, VECTOR_ORDER, ModelSet
 
 
 class Stopped(Exception):
-    """A stop was requested in the middle of a batch; nothing of it was kept."""
+    """A stop was requested in the middle of a batch. ``finished``: the rows done by then
+    (every model run, or failed), which the caller may keep; None in model-major order,
+    where no row is finished before the last model."""
+
+    def __init__(self, finished: "BatchVectors | None" = None):
+        super().__init__("stopped")
+        self.finished = finished
 
 
 class ImageStore(Protocol):
@@ -61,6 +67,22 @@ class BatchVectors:
     failed: list[tuple[int, str]]         # (manifest index, reason)
     seconds: dict[str, float]             # per step (thread-seconds for preparation steps)
     wall_s: float
+
+    def merged(self, earlier: "BatchVectors | None") -> "BatchVectors":
+        """These rows and those of an earlier (stopped) run of the same batch, in manifest order."""
+        import numpy as np
+
+        if earlier is None:
+            return self
+        ok = earlier.ok + self.ok
+        order = np.argsort(np.asarray(ok, dtype=np.int64), kind="stable")
+        vectors = {name: np.concatenate([earlier.vectors[name], self.vectors[name]])[order]
+                   for name in VECTOR_ORDER}
+        seconds = dict(earlier.seconds)
+        for step, s in self.seconds.items():
+            seconds[step] = seconds.get(step, 0.0) + s
+        return BatchVectors([ok[i] for i in order], vectors, sorted(earlier.failed + self.failed),
+                            seconds, earlier.wall_s + self.wall_s)
 
 
 class StepClock:
@@ -209,12 +231,13 @@ class Embedder:
     def run(self, jobs: list[Job], texts: list[str], store: ImageStore,
             should_stop: Callable[[], bool] = lambda: False,
             on_progress: Callable[[int], None] = lambda n: None) -> BatchVectors:
-        """Embed ``jobs`` (``texts[i]`` is job i's listing text). Raises Stopped when
-        ``should_stop()`` turns true; the caller then throws the staged images away."""
+        """Embed ``jobs`` (``texts[i]`` is the listing text of manifest row i; the jobs may be
+        some rows of a manifest). Raises Stopped when ``should_stop()`` turns true, with the
+        rows finished by then."""
         import numpy as np
 
         start = time.perf_counter()
-        n = len(jobs)
+        n = max((j.index for j in jobs), default=-1) + 1
         out = {name: np.zeros((n, VECTOR_DIMS[name]), dtype=np.float32) for name in VECTOR_ORDER}
         names = list(self.models.names)
         failed: list[tuple[int, str]] = []
@@ -222,13 +245,23 @@ class Embedder:
         text_cache: dict = {}
         size = self.effective_batch_size()
         self.remover.session  # create the session before the clock runs
+        clock_before = dict(self.clock.seconds)
+
+        def rows_done() -> BatchVectors:
+            ok.sort()
+            failed.sort()
+            seconds = {s: t - clock_before.get(s, 0.0) for s, t in self.clock.seconds.items()}
+            return BatchVectors(list(ok), {name: out[name][ok] for name in VECTOR_ORDER},
+                                list(failed), seconds, time.perf_counter() - start)
+
         if self.models.settings.unload_between_models:
             self._run_model_major(jobs, texts, store, names, out, failed, ok, text_cache,
                                   size, should_stop, on_progress)
-        else:
-            for name in names:  # load every model once, before the threads need them
-                self.models.get(name)
-            chunk: list[_Prepared] = []
+            return rows_done()
+        for name in names:  # load every model once, before the threads need them
+            self.models.get(name)
+        chunk: list[_Prepared] = []
+        try:
             for item in self._prepared_stream(jobs, store, names, should_stop):
                 if isinstance(item, _Failed):
                     failed.append((item.index, item.reason))
@@ -242,11 +275,9 @@ class Embedder:
             if chunk:
                 self._run_chunk(chunk, names, out, texts, text_cache, ok, should_stop)
                 on_progress(len(chunk))
-        ok.sort()
-        failed.sort()
-        vectors = {name: out[name][ok] for name in VECTOR_ORDER}
-        return BatchVectors(ok, vectors, failed, dict(self.clock.seconds),
-                            time.perf_counter() - start)
+        except Stopped:
+            raise Stopped(rows_done()) from None
+        return rows_done()
 
     def _run_chunk(self, chunk, names, out, texts, text_cache, ok, should_stop) -> None:
         for name in names:

@@ -12,7 +12,7 @@ from PIL import Image
 
 import models_support as ms
 from conftest import REPO, cli_env
-from pipeline.batchfile import WorkerDirs, list_results, read_result
+from pipeline.batchfile import WorkerDirs, list_results, read_result, remove_tree
 from pipeline.stages.worker import DONE, REJECTED, SKIPPED, STOPPED, process_batch, work
 
 
@@ -79,22 +79,65 @@ def test_bad_batch_is_moved_aside_and_the_worker_goes_on(dirs, embedder):
     assert read_result(dirs.outbox / "b0004").status == "ok"
 
 
-def test_kill_mid_batch_leaves_no_result_and_the_batch_untouched(dirs, embedder):
-    path, rows = ms.make_batch(dirs.inbox, "b0005", 12)
-    before = sorted((p.name, p.stat().st_size) for p in (path / "images").iterdir())
+def _stop_after_first_chunk():
     calls = []
 
-    def stop():  # the kill file appears after the first chunk of images
+    def stop():  # the kill file appears once the first chunk of images is embedded
         calls.append(1)
         return len(calls) > 1
 
-    totals = _work_once(dirs, embedder, stop=stop)
+    return stop
+
+
+def test_kill_mid_batch_keeps_the_finished_rows_and_the_next_run_does_only_the_rest(dirs, embedder):
+    """A stop in mid-batch leaves no result and the batch untouched in the inbox, but keeps
+    the rows already embedded (hours of CPU on a 10,000-image batch): the next run embeds
+    only the others, and its result is the one an uninterrupted run gives."""
+    path, rows = ms.make_batch(dirs.inbox, "b0005", 12, bad={1: b""})
+    before = sorted((p.name, p.stat().st_size) for p in (path / "images").iterdir())
+    totals = _work_once(dirs, embedder, stop=_stop_after_first_chunk())
     assert totals[STOPPED] == 1
-    assert list_results(dirs.outbox) == [] and list(dirs.outbox.iterdir()) == []
+    assert list_results(dirs.outbox) == []
+    assert [p.name for p in dirs.outbox.iterdir()] == [".b0005.kept"]
     assert sorted((p.name, p.stat().st_size) for p in (path / "images").iterdir()) == before
-    # the next run does the whole batch
+    kept = json.loads((dirs.outbox / ".b0005.kept" / "kept.json").read_text())
+    size = embedder.effective_batch_size()
+    assert len(kept["ok"]) == size and kept["failed"] == [[1, "empty file (0 bytes)"]]
+    assert sorted(p.name for p in (dirs.outbox / ".b0005.kept" / "images").iterdir()) == sorted(
+        rows[i].image_name for i in kept["ok"])
+    embedded_before = embedder.clock.images["clip_vitb32"]
     assert _work_once(dirs, embedder)[DONE] == 1
-    assert read_result(dirs.outbox / "b0005", manifest=rows).ids == [r.key for r in rows]
+    assert embedder.clock.images["clip_vitb32"] - embedded_before == 12 - 1 - size
+    resumed = read_result(dirs.outbox / "b0005", manifest=rows)
+    assert resumed.ids == [r.key for i, r in enumerate(rows) if i != 1]
+    assert [(f["listing_id"], f["image_id"]) for f in resumed.failed] == [rows[1].key]
+    assert [p.name for p in dirs.outbox.iterdir()] == ["b0005"]
+    # the same batch, never stopped
+    _, rows_again = ms.make_batch(dirs.inbox, "b0105", 12, bad={1: b""})
+    assert _work_once(dirs, embedder)[DONE] == 1
+    whole = read_result(dirs.outbox / "b0105", manifest=rows_again)
+    for name in whole.vectors:
+        np.testing.assert_allclose(resumed.vectors[name], whole.vectors[name], atol=1e-4)
+
+
+def test_kept_rows_that_do_not_fit_are_dropped_and_orphans_removed(dirs, embedder):
+    path, rows = ms.make_batch(dirs.inbox, "b0009", 10)
+    assert _work_once(dirs, embedder, stop=_stop_after_first_chunk())[STOPPED] == 1
+    kept = dirs.outbox / ".b0009.kept"
+    meta = json.loads((kept / "kept.json").read_text())
+    meta["fingerprint"] = "other models"
+    (kept / "kept.json").write_text(json.dumps(meta))
+    embedded_before = embedder.clock.images["clip_vitb32"]
+    assert _work_once(dirs, embedder)[DONE] == 1
+    assert embedder.clock.images["clip_vitb32"] - embedded_before == 10   # all of it again
+    assert read_result(dirs.outbox / "b0009", manifest=rows).ids == [r.key for r in rows]
+    assert not kept.exists()
+    # kept rows of a batch that left the inbox (withdrawn by the orchestrator) go at start
+    ms.make_batch(dirs.inbox, "b0010", 10)
+    assert _work_once(dirs, embedder, stop=_stop_after_first_chunk())[STOPPED] == 1
+    remove_tree(dirs.inbox / "b0010")
+    _work_once(dirs, embedder)
+    assert not (dirs.outbox / ".b0010.kept").exists()
 
 
 def test_batch_with_a_result_already_is_only_cleaned_up(dirs, embedder):

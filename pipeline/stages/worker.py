@@ -79,28 +79,47 @@ def process_batch(dirs: WorkerDirs, batch_path: Path, embedder,
     if (existing / batchfile.RESULT).is_file():
         log.info("batch %s already has a result: removing it from the inbox", batch_id)
         batchfile.remove_tree(batch_path)
+        batchfile.remove_tree(batchfile.kept_path(dirs.outbox, batch_id))
         return SKIPPED
     try:
         batch = batchfile.read_batch(batch_path)
     except BatchError as exc:
         log.error("rejected: %s", exc)
+        batchfile.remove_tree(batchfile.kept_path(dirs.outbox, batch_id))
         reject(dirs, batch_path, str(exc))
         return REJECTED
-    jobs = [Job(i, row, batch.image_path(row)) for i, row in enumerate(batch.rows)]
-    texts = [row.text for row in batch.rows]
+    fingerprint = embedder.models.fingerprint()
     writer = batchfile.ResultWriter(dirs.outbox, batch_id)
+    earlier, dropped = writer.take_kept(batch.rows, fingerprint)
+    if dropped:
+        log.warning("batch %s: rows kept by a stopped run not used (%s): embedding it all",
+                    batch_id, dropped)
+    done = set(earlier.ok) | {i for i, _ in earlier.failed} if earlier else set()
+    if earlier:
+        log.info("batch %s: resuming: %d rows embedded and %d failed before the stop, %d to go",
+                 batch_id, len(earlier.ok), len(earlier.failed), len(batch.rows) - len(done))
+    jobs = [Job(i, row, batch.image_path(row)) for i, row in enumerate(batch.rows) if i not in done]
+    texts = [row.text for row in batch.rows]
     try:
         out = embedder.run(jobs, texts, writer, should_stop=should_stop, on_progress=on_progress)
+        out = out.merged(earlier)
         failed = [(batch.rows[i], reason) for i, reason in out.failed]
         for row, reason in failed:
             log.warning("batch %s: image %s failed: %s", batch_id, row.image_name, reason)
         writer.commit([batch.rows[i] for i in out.ok], out.vectors, failed,
-                      embedder.models.fingerprint(), embedder.models.fingerprint_detail(),
+                      fingerprint, embedder.models.fingerprint_detail(),
                       extra={"seconds": {k: round(v, 3) for k, v in out.seconds.items()},
                              "wall_s": round(out.wall_s, 3)})
-    except Stopped:
-        writer.abort()
-        log.info("batch %s: stop requested; left untouched in the inbox", batch_id)
+    except Stopped as stop:
+        finished = stop.finished.merged(earlier) if stop.finished else earlier
+        if finished and (finished.ok or finished.failed):
+            writer.keep(batch.rows, finished, fingerprint)
+            log.info("batch %s: stop requested; %d of %d rows finished and kept for the next "
+                     "run, the batch left in the inbox", batch_id,
+                     len(finished.ok) + len(finished.failed), len(batch.rows))
+        else:
+            writer.abort()
+            log.info("batch %s: stop requested; left untouched in the inbox", batch_id)
         return STOPPED
     except BaseException:
         writer.abort()
@@ -120,6 +139,8 @@ def work(dirs: WorkerDirs, embedder, *, once: bool, checkpoint: Callable[[], boo
     for d in (dirs.inbox, dirs.outbox):
         for name in batchfile.clean_stale(d):
             log.info("removed %s left by an earlier run", d / name)
+    for name in batchfile.clean_orphan_kept(dirs.outbox, dirs.inbox):
+        log.info("removed %s: its batch is no longer in the inbox", dirs.outbox / name)
     totals = {DONE: 0, REJECTED: 0, STOPPED: 0, SKIPPED: 0}
     while checkpoint():
         batches = batchfile.list_batches(dirs.inbox)
