@@ -239,21 +239,23 @@ def host_stage_rows(root, host_name: str, timeout_s: float, now: float | None = 
     if host.local:
         return _local_rows(root, host, now)
 
-    def look(transport) -> list[tuple[str, dict | None, bool]]:
+    def look(transport) -> tuple[float, list[tuple[str, dict | None, bool]]]:
         out = []
         for stage in HOST_STAGES:
             hb = _parse_heartbeat(_read_root_text(transport, heartbeat_relpath(stage)))
             finished = not hb or hb.get("state") == StageState.STOPPED.value
             # the kill file matters only while the stage is up ("stopping")
             out.append((stage, hb, False if finished else _kill_present(transport, stage)))
-        return out
+        return transport.clock_offset_s(), out   # measured once per connection
 
     try:
-        seen = _on_link(root, host_name, timeout_s, "stage status", look)
+        offset, seen = _on_link(root, host_name, timeout_s, "stage status", look)
     except RemoteError as exc:
         return unreachable_rows(host_name, str(exc))
     now = time.time() if now is None else now
-    return [_row(root, host, stage, hb, kill, now) for stage, hb, kill in seen]
+    # the heartbeats carry the host's clock: age them by it
+    return [{**_row(root, host, stage, hb, kill, now + offset), "clock_offset_s": round(offset, 3)}
+            for stage, hb, kill in seen]
 
 
 def _local_rows(root, host, now: float | None) -> list[dict]:

@@ -25,6 +25,8 @@ _PLAIN_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 # Runs on the worker with its own Python: stdlib plus psutil when installed. Prints one JSON
 # object. GPU figures come from nvidia-smi when present (bounded by a timeout).
+# The host's clock (remote heartbeats are aged by it).
+CLOCK_SCRIPT = "import time\nprint(repr(time.time()))\n"
 HEALTH_SCRIPT = r'''
 import json, os, platform, shutil, subprocess, sys
 root = sys.argv[1] if len(sys.argv) > 1 else None

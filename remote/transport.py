@@ -17,12 +17,13 @@ import posixpath
 import secrets
 import subprocess
 import sys
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable
 
-from remote.commands import FILE_MISSING, HEALTH_SCRIPT, ROOT_MISSING, check_plain_name, \
-    check_relative
+from remote.commands import (CLOCK_SCRIPT, FILE_MISSING, HEALTH_SCRIPT, ROOT_MISSING,
+                             check_plain_name, check_relative, python_c_loader)
 from remote.errors import (CommandFailed, ConnectionLost, RemoteError, RemoteFileMissing,
                            RemoteTimeout, TransferError)
 from remote.hosts import Host
@@ -93,6 +94,12 @@ class Transport(ABC):
     @abstractmethod
     def imageselector(self, args, timeout: float | None = None) -> CommandResult:
         """``PYTHON -m imageselector ARGS`` there; exit ROOT_MISSING when the root is gone."""
+
+    def clock_offset_s(self) -> float:
+        """How many seconds the host's clock is ahead of this machine's (0 here). A heartbeat
+        written there is aged by the host's clock, not ours, or a host a minute behind would
+        always look stale."""
+        return 0.0
 
     def start_stage(self, stage: str, extra_args=(), timeout: float | None = None) -> CommandResult:
         """``imageselector start STAGE --root ROOT``: detaches itself on the host."""
@@ -300,6 +307,7 @@ class SSHTransport(Transport):
         # told about a failure that is retried (the caller's log): a retry doubles the time
         # an operation may take, which is confusing when only the final failure is reported
         self.on_retry: Callable[[RemoteError], None] | None = None
+        self._clock: tuple[float, float] | None = None   # (offset, round trip), measured once
 
     # ---- connection handling ------------------------------------------------------------
     def _connected(self) -> SSHConnection:
@@ -391,6 +399,25 @@ class SSHTransport(Transport):
     def tail_root_file(self, relpath: str, lines: int = 50) -> str | None:
         return self._root_command(self.commands.tail_root_file(relpath, lines),
                                   allow_missing_file=True)
+
+    def measure_clock(self) -> tuple[float, float]:
+        """(offset, round trip) in seconds: one short run of the host's Python, read at the
+        midpoint of the round trip (so the offset is off by at most half the round trip).
+        Measured once per transport. A host whose Python does not answer counts as 0."""
+        if self._clock is None:
+            t0 = time.time()
+            try:
+                result = self.run([self.host.python, "-c", python_c_loader(CLOCK_SCRIPT)], check=True)
+                there = float(result.stdout.strip().splitlines()[-1])
+            except (CommandFailed, ValueError, IndexError):
+                self._clock = (0.0, 0.0)
+            else:
+                t1 = time.time()
+                self._clock = (there - (t0 + t1) / 2, t1 - t0)
+        return self._clock
+
+    def clock_offset_s(self) -> float:
+        return self.measure_clock()[0]
 
     def health(self) -> dict:
         out = self._root_command(self.commands.health())

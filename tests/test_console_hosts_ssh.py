@@ -151,6 +151,23 @@ def test_rows_from_heartbeats_over_one_cached_connection(tmp_path, sshd):  # noq
     assert not (roots["w3"] / "KILL_WORKER").exists()
 
 
+def test_a_host_whose_clock_is_behind_is_aged_by_its_own_clock(tmp_path, sshd):  # noqa: F811
+    """The host's heartbeat carries the host's clock: a worker two minutes behind us that
+    writes its heartbeat now is running, not stale (and the offset is in the row)."""
+    root = make_root(tmp_path / "root", stage={"stale_after_s": 30.0})
+    wroot = worker_root(tmp_path, "late")
+    heartbeat(wroot, started=time.time() - 180, heartbeat=time.time() - 120)
+    late_python = tmp_path / "late_python.sh"   # that host's Python: its clock reads 120 s less
+    late_python.write_text(f"#!/bin/sh\nexec '{sys.executable}' -c "
+                           f"'import time; print(repr(time.time() - 120))'\n")
+    late_python.chmod(0o755)
+    write_hosts(root, sshd, {"late": wroot}, late_python)
+    row = hoststages.host_stage_rows(root, "late", LIMIT)[0]
+    assert row["state"] == "running" and row["pid"] == 4242
+    assert row["heartbeat_age_s"] < 30 and 55 <= row["uptime_s"] < 120
+    assert -121 < row["clock_offset_s"] < -119
+
+
 def test_a_hung_call_never_blocks_past_the_limit(tmp_path, monkeypatch):
     """The SSH work runs in a thread the caller stops waiting for: a transport that never
     answers gives "unreachable" after timeout_s (this test would hang otherwise)."""

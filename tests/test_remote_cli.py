@@ -74,8 +74,9 @@ def test_trust_then_check(root, sshd, capsys, monkeypatch):  # noqa: F811
     report = json.loads(out)
     assert code == 0 and report["ok"] and report["fingerprint"].startswith("SHA256:")
     assert report["health"]["root_exists"] is True
+    assert abs(report["clock_offset_s"]) <= report["clock_rtt_s"] / 2 + 1e-3
     code, out, _ = cli(capsys, "hosts", "check", "w1", "--root", str(root))
-    assert code == 0 and "reachable" in out and "free of" in out
+    assert code == 0 and "reachable" in out and "free of" in out and "this machine's" in out
     code, out, _ = cli(capsys, "hosts", "check", "here", "--json", "--root", str(root))
     assert code == 0 and json.loads(out)["health"]["root"] == str(root)
     code, out, _ = cli(capsys, "hosts", "list", "--root", str(root))

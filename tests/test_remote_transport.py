@@ -148,6 +148,12 @@ def test_health(transport):
     assert isinstance(h["gpus"], list)
 
 
+def test_clock_offset_is_read_at_the_midpoint_of_one_round_trip(transport):
+    offset, rtt = transport.measure_clock() if hasattr(transport, "measure_clock") else (0.0, 0.0)
+    assert abs(offset) <= rtt / 2 + 1e-3           # the same clock on both ends of loopback
+    assert transport.clock_offset_s() == offset     # measured once per transport
+
+
 def test_ssh_transport_survives_a_dropped_connection(sshd, tmp_path):  # noqa: F811
     root = tmp_path / "r"
     root.mkdir()

@@ -154,6 +154,8 @@ def cmd_check(args) -> int:
             report["fingerprint"] = conn.host_key_fingerprint()
             report["heartbeat_s"] = round(conn.heartbeat(), 4)
             report["health"] = transport.health()
+            offset, rtt = transport.measure_clock()
+            report["clock_offset_s"], report["clock_rtt_s"] = round(offset, 3), round(rtt, 3)
     health = report["health"]
     ok = bool(health.get("root_exists"))
     report["ok"] = ok
@@ -182,6 +184,12 @@ def cmd_check(args) -> int:
         print(f"  GPU {gpu.get('name')} ({gpu.get('kind')}){extra}")
     if not health.get("psutil"):
         print("  (psutil is not installed in that Python: figures are partial)")
+    if "clock_offset_s" in report:
+        offset = report["clock_offset_s"]
+        late = "ahead of" if offset >= 0 else "behind"
+        print(f"  clock {abs(offset):.2f} s {late} this machine's (+/- {report['clock_rtt_s'] / 2:.2f} s)"
+              + ("; heartbeats are aged by the host's clock, but set up time sync there"
+                 if abs(offset) > 5 else ""))
     return 0 if ok else 1
 
 

@@ -39,6 +39,7 @@ def _look(root, hosts, host, timeout_s: float, now: float) -> dict:
     try:
         transport = make_transport(root, hosts, host, ssh_settings(root, cap_s=timeout_s))
         text = transport.read_root_file(HEARTBEAT)
+        now += transport.clock_offset_s()   # the heartbeat carries the host's clock
     except (HostKeyError, AuthFailed, RemoteFileMissing) as exc:
         return {"stage_state": None, "error": str(exc), "kind": "error"}
     except RemoteError as exc:
