@@ -149,10 +149,6 @@ class PosixCommands:
         return posix_script(self._ROOT_CHECK + self._FILE_CHECK + 'cat "$2"',
                             [self.host.root, self.path(relpath)])
 
-    def tail_root_file(self, relpath: str, lines: int = 50) -> str:
-        return posix_script(self._ROOT_CHECK + self._FILE_CHECK + 'tail -n "$3" "$2"',
-                            [self.host.root, self.path(relpath), str(int(lines))])
-
     def sha256(self, path: str) -> str:
         """Print the SHA-256 of a file (Linux sha256sum, macOS shasum) as the first word."""
         return posix_script(
@@ -231,13 +227,6 @@ class WindowsCommands:
             self._ROOT_CHECK + self._FILE_CHECK
             + "[Console]::Out.Write([System.IO.File]::ReadAllText($file))\n",
             {"root": self.root, "file": self.path(relpath)})
-
-    def tail_root_file(self, relpath: str, lines: int = 50) -> str:
-        return powershell_script(
-            self._ROOT_CHECK + self._FILE_CHECK
-            + "Get-Content -LiteralPath $file -Tail ([int]$lines) -Encoding UTF8 | "
-            + "ForEach-Object { [Console]::Out.WriteLine($_) }\n",
-            {"root": self.root, "file": self.path(relpath), "lines": str(int(lines))})
 
     def sha256(self, path: str) -> str:
         return powershell_script(

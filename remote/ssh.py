@@ -494,6 +494,14 @@ class SSHConnection:
             except FileNotFoundError:
                 return False
 
+    def read_tail(self, path: str, max_bytes: int) -> tuple[bytes, bool]:
+        """The last ``max_bytes`` of a file over SFTP, and whether that is the whole file."""
+        with self._op(f"read {path}", self.settings.io_timeout):
+            with self._sftp_client().open(self.sftp_path(path), "rb") as f:
+                size = f.stat().st_size
+                f.seek(max(0, size - max_bytes))
+                return f.read(max_bytes), size <= max_bytes
+
     def read_bytes(self, path: str, max_bytes: int = 16 << 20) -> bytes:
         with self._op(f"read {path}", self.settings.io_timeout):
             with self._sftp_client().open(self.sftp_path(path), "rb") as f:

@@ -117,7 +117,22 @@ class Transport(ABC):
         """ROOT/RELPATH as text (a heartbeat); None when the file does not exist."""
 
     @abstractmethod
-    def tail_root_file(self, relpath: str, lines: int = 50) -> str | None: ...
+    def read_tail(self, path: str, max_bytes: int) -> tuple[bytes, bool]:
+        """The last ``max_bytes`` of a file and whether that is all of it."""
+
+    def tail_root_file(self, relpath: str, lines: int = 50, max_bytes: int = 64 * 1024) -> str | None:
+        """The last lines of ROOT/RELPATH (a log), read from its end: no process is started on
+        the host (the console asks every refresh). None when the file does not exist."""
+        try:
+            data, whole = self.read_tail(self.join(relpath), max_bytes)
+        except RemoteFileMissing:
+            if not self.exists(self.root):
+                raise _root_missing(self.host, self.root) from None
+            return None
+        rows = data.decode("utf-8", "replace").splitlines(keepends=True)
+        if not whole:
+            rows = rows[1:]   # the first line was cut by the window
+        return "".join(rows[-int(lines):]) if lines > 0 else ""
 
     @abstractmethod
     def health(self) -> dict:
@@ -283,12 +298,14 @@ class LocalTransport(Transport):
         except RemoteFileMissing:
             return None
 
-    def tail_root_file(self, relpath: str, lines: int = 50) -> str | None:
-        text = self.read_root_file(relpath)
-        if text is None:
-            return None
-        tail = text.splitlines(keepends=True)[-int(lines):] if lines > 0 else []
-        return "".join(tail)
+    def read_tail(self, path: str, max_bytes: int) -> tuple[bytes, bool]:
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                f.seek(max(0, size - max_bytes))
+                return f.read(max_bytes), size <= max_bytes
+        except FileNotFoundError:
+            raise RemoteFileMissing(f"{self.name}: no such file {path}") from None
 
     def health(self) -> dict:
         result = self.run([self.python, "-c", HEALTH_SCRIPT, self.root], check=True)
@@ -396,9 +413,8 @@ class SSHTransport(Transport):
     def read_root_file(self, relpath: str) -> str | None:
         return self._root_command(self.commands.read_root_file(relpath), allow_missing_file=True)
 
-    def tail_root_file(self, relpath: str, lines: int = 50) -> str | None:
-        return self._root_command(self.commands.tail_root_file(relpath, lines),
-                                  allow_missing_file=True)
+    def read_tail(self, path: str, max_bytes: int) -> tuple[bytes, bool]:
+        return self._idempotent(lambda c: c.read_tail(path, max_bytes))
 
     def measure_clock(self) -> tuple[float, float]:
         """(offset, round trip) in seconds: one short run of the host's Python, read at the

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from original_support import adopted_digest, build_original, root_config, tree_digest
-from support import run_cli
+from support import run_cli, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -121,7 +121,11 @@ def test_sigterm_stops_between_units_and_the_next_run_finishes(original, referen
     root_path = tmp_path / "root"
     root_config(root_path, original.spec, **{"adopt.batch_rows": 5})
     proc = _spawn(root_path, original)
-    time.sleep(0.6)
+    log = root_path / "logs" / "adopt.log"
+    # SIGTERM once the command is under way (its handler is set before the first phase
+    # starts; before that, on a loaded machine, the signal would just end the interpreter)
+    wait_for(lambda: proc.poll() is not None or (log.exists() and ": starting" in log.read_text()),
+             timeout=60, what="the adoption to start its first phase")
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     err = proc.stderr.read().decode()

@@ -145,7 +145,6 @@ def windows_builds(value: str):
         "stop": c.stop("KILL_WORKER", reason=value),
         "write": c.write_root_file("PAUSE_X", value),
         "read": c.read_root_file("run/worker.json"),
-        "tail": c.tail_root_file("logs/worker.log", 7),
         "sha": c.sha256(f"C:\\d\\{value}"),
         "health": c.health(),
         "argv": c.argv([f"C:\\x{value}.exe", value]),
@@ -284,9 +283,6 @@ def test_posix_real_root_and_file_missing(weird):
     assert conn.run(c.read_root_file("run/nothing.json")).exit_status == FILE_MISSING
     assert conn.run(c.stop("KILL_WORKER")).exit_status == 0
     assert (root / "KILL_WORKER").read_text() == "stop requested\n"
-    (root / "logs" / "worker.log").write_text("".join(f"line {i}\n" for i in range(100)))
-    tail = conn.run(c.tail_root_file("logs/worker.log", 3))
-    assert tail.stdout == "line 97\nline 98\nline 99\n"
     gone = PosixCommands(Host(name="g", address="h", user="u", key_file=Path("/k"),
                               root=str(root) + "-missing", python=conn.host.python))
     for command in (gone.stop("KILL_WORKER"), gone.read_root_file("run/w.json"),

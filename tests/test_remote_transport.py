@@ -100,6 +100,10 @@ def test_root_files_kill_heartbeat_log(transport):
     transport.make_dirs(transport.join("logs"))
     Path(transport.join("logs/worker.log")).write_text("".join(f"l{i}\n" for i in range(10)))
     assert transport.tail_root_file("logs/worker.log", 2) == "l8\nl9\n"
+    # read from the end only: a line cut by the window is left out
+    Path(transport.join("logs/worker.log")).write_text("".join(f"line {i}\n" for i in range(100)))
+    assert transport.tail_root_file("logs/worker.log", 3, max_bytes=20) == "line 98\nline 99\n"
+    assert transport.tail_root_file("logs/worker.log", 50, max_bytes=10**6).count("\n") == 50
     with pytest.raises(ValueError):
         transport.stop("../KILL")
 
@@ -110,6 +114,8 @@ def test_root_missing(transport, tmp_path):
         transport.stop("KILL_WORKER")
     with pytest.raises(RemoteFileMissing, match="root .* does not exist"):
         transport.read_root_file("run/worker.json")
+    with pytest.raises(RemoteFileMissing, match="root .* does not exist"):
+        transport.tail_root_file("logs/worker.log")
     result = transport.imageselector(["--help"])
     assert result.exit_status == ROOT_MISSING and "no such folder" in result.stderr
     assert not os.path.exists(transport.root)
