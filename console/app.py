@@ -315,8 +315,7 @@ class ConsoleApp(App):
         elif source == "backups":
             if kind == OK:
                 self.panels.backups.show(data["backups"], data.get("schedule"),
-                                         data["backup_jobs"], self.settings.backup_overdue_s,
-                                         data.get("notes"))
+                                         data["backup_jobs"], data.get("notes"))
             else:
                 self.panels.backups.show_message(text)
         elif source == "locks":
@@ -437,8 +436,7 @@ class ConsoleApp(App):
             self.history.add(at, queues)
             self._render_queues()
             self.panels.backups.show(snapshot.get("backups", []),
-                                     snapshot.get("schedule"), snapshot.get("backup_jobs", []),
-                                     self.settings.backup_overdue_s)
+                                     snapshot.get("schedule"), snapshot.get("backup_jobs", []))
         self._apply("locks", OK, snapshot.get("locks", []), None)
         self.last_refresh_at = at
         self._update_status_bar()

@@ -20,7 +20,6 @@ class ConsoleSettings:
     history_s: float
     log_lines: int
     log_context: int
-    backup_overdue_s: float
     thumbnails: str
     search_k: int
     keymap: dict

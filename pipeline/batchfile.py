@@ -286,6 +286,13 @@ class BatchResult:
         return self.path / IMAGES / image_name(lid, iid)
 
 
+def _keep_only(folder: Path, names: set[str]) -> None:
+    """Remove the files of ``folder`` not named in ``names`` (images of unfinished rows)."""
+    for p in folder.iterdir():
+        if p.name not in names:
+            p.unlink()
+
+
 def kept_path(outbox: Path, batch_id: str) -> Path:
     """Where a stopped run keeps the finished rows of ``batch_id``."""
     return Path(outbox) / f".{batch_id}{KEPT_SUFFIX}"
@@ -334,10 +341,7 @@ class ResultWriter:
         fsynced, renamed into place in one step."""
         import numpy as np
 
-        finished = {manifest[i].image_name for i in kept.ok}
-        for p in (self.staging / IMAGES).iterdir():
-            if p.name not in finished:   # prepared but not embedded: done again next time
-                p.unlink()
+        _keep_only(self.staging / IMAGES, {manifest[i].image_name for i in kept.ok})
         for name in VECTOR_ORDER:
             arr = np.ascontiguousarray(kept.vectors[name], dtype="<f4")
             if arr.shape != (len(kept.ok), VECTOR_DIMS[name]):
@@ -397,6 +401,8 @@ class ResultWriter:
             return None, str(exc)
         shutil.rmtree(self.staging, ignore_errors=True)
         os.replace(src, self.staging)
+        # only finished rows have an image here (a failed row must have none in the result)
+        _keep_only(self.staging / IMAGES, {manifest[i].image_name for i in ok})
         for name in VECTOR_ORDER:   # the result gets its own vector files at commit
             (self.staging / f"{name}.kept.f32").unlink()
         (self.staging / KEPT).unlink()

@@ -73,13 +73,13 @@ def locks_app() -> App:
 def backups_app() -> App:
     snap = busy()
     return PanelApp(BackupsPanel, lambda app: app.query_one(BackupsPanel).show(
-        snap["backups"], snap["schedule"], snap["backup_jobs"], 90000.0))
+        snap["backups"], snap["schedule"], snap["backup_jobs"]))
 
 
 def backups_before_scheduler_app() -> App:
     snap = busy()
     return PanelApp(BackupsPanel, lambda app: app.query_one(BackupsPanel).show(
-        snap["backups"], None, snap["backup_jobs"], 90000.0))
+        snap["backups"], None, snap["backup_jobs"]))
 
 
 def logs_app(needle: str) -> App:

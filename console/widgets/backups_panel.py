@@ -24,7 +24,7 @@ class JobsTable(SyncedTable):
                ("next", "next", 16)]
 
 
-def target_status(b: dict, overdue_s: float) -> tuple[str, str]:
+def target_status(b: dict) -> tuple[str, str]:
     """(text, class) of one target: failing, in progress, overdue against its schedule, ok."""
     age = b.get("age_s")
     interval = b.get("interval_s")
@@ -36,21 +36,19 @@ def target_status(b: dict, overdue_s: float) -> tuple[str, str]:
         return "last run failed", "backup--failed"
     if age is None:
         return "never succeeded", "backup--failed"
-    overdue = b["overdue"] if "overdue" in b else age > overdue_s
-    if overdue:
-        limit = interval if interval else overdue_s
-        return f"OVERDUE (every {fmt.duration(limit)})", "backup--overdue"
+    if b["overdue"]:   # against its own schedule (pipeline.backup.backup_status)
+        return f"OVERDUE (every {fmt.duration(interval)})", "backup--overdue"
     return (f"ok (every {fmt.duration(interval)})" if interval else "ok"), "backup--ok"
 
 
-def target_rows(backups: list[dict], overdue_s: float) -> list[tuple[str, dict]]:
+def target_rows(backups: list[dict]) -> list[tuple[str, dict]]:
     rows = []
     for b in backups:
         age = b.get("age_s")
         rows.append((f"{b['target']}/{b['kind']}", {
             "target": b["target"], "kind": b["kind"],
             "last_ok": f"{fmt.duration(age)} ago" if age is not None else "never",
-            "status": target_status(b, overdue_s), "size": fmt.size(b.get("size_bytes")),
+            "status": target_status(b), "size": fmt.size(b.get("size_bytes")),
             "verified": "yes" if b.get("verified") else "no",
         }))
     return rows
@@ -105,8 +103,8 @@ class BackupsPanel(Vertical):
         self.border_title = "Backups"
 
     def show(self, backups: list[dict], schedule: list[dict] | None, backup_jobs: list[dict],
-             overdue_s: float, notes: list[str] | None = None) -> None:
-        self.query_one(BackupsTable).sync(target_rows(backups, overdue_s))
+             notes: list[str] | None = None) -> None:
+        self.query_one(BackupsTable).sync(target_rows(backups))
         if schedule is not None:
             set_text(self.query_one("#jobs-title", Static), "scheduled jobs")
             self.query_one(JobsTable).sync(schedule_rows(schedule))
