@@ -76,6 +76,9 @@ def main() -> int:
                     help="onnxruntime intra-op threads in the whole worker (models.bg_threads), "
                          "a comma list runs the worker once per value; 0 = its default; "
                          "bg removal alone is always timed with the default")
+    ap.add_argument("--prep-threads", default="2",
+                    help="the worker's preparation threads (worker.prep_threads), a comma list "
+                         "runs the worker once per value (and per --bg-threads value)")
     args = ap.parse_args()
 
     import numpy as np
@@ -165,9 +168,11 @@ def main() -> int:
     ms = ModelSet(ModelSettings(profile=args.profile, device="cpu"))
     for name in MODEL_NAMES:
         ms.get(name)  # loading is once per process, not per batch
-    for bg_threads in [int(x) for x in args.bg_threads.split(",")]:
+    combos = [(int(p), int(b)) for p in args.prep_threads.split(",") for b in args.bg_threads.split(",")]
+    for prep_threads, bg_threads in combos:
         remover = BackgroundRemover(replace(bg, threads=bg_threads))
-        emb = Embedder(ms, remover, batch_size=args.batch, prep_threads=2, prefetch=2 * args.batch)
+        emb = Embedder(ms, remover, batch_size=args.batch, prep_threads=prep_threads,
+                       prefetch=2 * args.batch)
         with tempfile.TemporaryDirectory() as tmp:
             jobs = []
             for i, data in enumerate(raw):
@@ -176,7 +181,7 @@ def main() -> int:
                 jobs.append(Job(i, ManifestRow(1, i + 1, texts[i]), p))
             out = emb.run(jobs, texts, _MemStore())
         rate = len(out.ok) / out.wall_s
-        print(f"whole worker, bg_threads {bg_threads}: {rate:.3f} images/s "
+        print(f"whole worker, prep_threads {prep_threads}, bg_threads {bg_threads}: {rate:.3f} images/s "
               f"({out.wall_s:.1f} s for {len(out.ok)}), {rate * total_ms / 10:.0f}% of "
               f"1 / sum of steps (goal on a CPU: >= 90%; {rate * image_ms / 10:.0f}% without "
               f"the text towers), load average {os.getloadavg()[0]:.1f}")
