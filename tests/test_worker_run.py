@@ -181,3 +181,18 @@ def test_worker_stage_runs_once_from_the_cli(tmp_path):
     hb = json.loads(root.heartbeat_path("worker").read_text())
     assert hb["counters"]["images"] == 3 and hb["counters"]["batches"] == 1
     assert hb["exit"]["code"] == 0
+
+
+def test_step_seconds_in_each_result_are_that_batch_s_own(dirs, embedder):
+    """One embedder serves every batch of a worker process: each result.json must carry the
+    seconds of its own batch, not the process's running total."""
+    before = dict(embedder.clock.seconds)
+    for batch_id in ("b0011", "b0012"):
+        ms.make_batch(dirs.inbox, batch_id, 4)
+    assert _work_once(dirs, embedder)[DONE] == 2
+    per_batch = [json.loads((dirs.outbox / b / "result.json").read_text())["seconds"]
+                 for b in ("b0011", "b0012")]
+    for step in ("bgremove", "clip_vitb32", "dinov2_large"):
+        spent = embedder.clock.seconds[step] - before.get(step, 0.0)
+        assert per_batch[0][step] > 0 and per_batch[1][step] > 0
+        assert abs(per_batch[0][step] + per_batch[1][step] - spent) < 0.01
