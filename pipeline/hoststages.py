@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable
 
 from pipeline.errors import UserError
-from pipeline.stage import PIPELINE_ORDER, STAGES, StageState, derive_state, spec
+from pipeline.stage import PIPELINE_ORDER, STAGES, StageState, derive_state, spec, status_row
 
 HOST_STAGES = [name for name in PIPELINE_ORDER if STAGES[name].where == "worker"]
 LIVE = {s.value for s in (StageState.RUNNING, StageState.PAUSING, StageState.PAUSED,
@@ -169,28 +169,7 @@ def _row(root, host, stage: str, hb: dict | None, kill_present: bool, now: float
                          paused_present=False, now=now,
                          stale_after_s=float(root.config.get("stage.stale_after_s")))
     alive = state.value in LIVE and state != StageState.STALE
-    hb = hb or {}
-    last_exit = hb.get("exit") if hb.get("exit") else hb.get("last_exit")
-    return {
-        "name": stage,
-        "host": host.name,
-        "hostname": hb.get("host"),
-        "state": state.value,
-        "pid": hb.get("pid") if alive else None,
-        "last_pid": hb.get("pid"),
-        "started": hb.get("started"),
-        "uptime_s": round(now - float(hb["started"]), 1) if alive and hb.get("started") else None,
-        "heartbeat_age_s": round(now - float(hb["heartbeat"]), 1) if hb.get("heartbeat") else None,
-        "rate": hb.get("rate") if alive else None,
-        "current": hb.get("current"),
-        "counters": hb.get("counters", {}),
-        "info": hb.get("info", {}),
-        "blocked_reason": hb.get("blocked_reason") if state == StageState.BLOCKED else None,
-        "progress_at": hb.get("progress_at"),
-        "last_exit": last_exit,
-        "log": log_relpath(stage),
-        "error": None,
-    }
+    return {**status_row(stage, host.name, hb, state, alive, now, log_relpath(stage)), "error": None}
 
 
 def unreachable_rows(host_name: str, text: str) -> list[dict]:

@@ -598,26 +598,32 @@ def stage_status(root, name: str, now: float | None = None) -> dict:
         pause_present=bool(stage.pause_file) and root.file(stage.pause_file).exists(),
         paused_present=bool(stage.paused_file) and root.file(stage.paused_file).exists(),
         now=now, stale_after_s=float(root.config.get("stage.stale_after_s")))
+    return status_row(name, "local", hb, state, alive, now, str(root.log_path(name)))
+
+
+def status_row(name: str, host: str, hb: dict | None, state: StageState, alive: bool,
+               now: float, log: str) -> dict:
+    """A stage's row (status, console) from its heartbeat and derived state; ``now`` on the
+    clock of the host that wrote the heartbeat."""
     hb = hb or {}
-    last_exit = hb.get("exit") if hb.get("exit") else hb.get("last_exit")
     return {
         "name": name,
-        "host": "local",
+        "host": host,
         "hostname": hb.get("host"),
         "state": state.value,
         "pid": hb.get("pid") if alive else None,
         "last_pid": hb.get("pid"),
         "started": hb.get("started"),
-        "uptime_s": round(now - hb["started"], 1) if alive and hb.get("started") else None,
-        "heartbeat_age_s": round(now - hb["heartbeat"], 1) if hb.get("heartbeat") else None,
+        "uptime_s": round(now - float(hb["started"]), 1) if alive and hb.get("started") else None,
+        "heartbeat_age_s": round(now - float(hb["heartbeat"]), 1) if hb.get("heartbeat") else None,
         "rate": hb.get("rate") if alive else None,
         "current": hb.get("current"),
         "counters": hb.get("counters", {}),
         "info": hb.get("info", {}),
         "blocked_reason": hb.get("blocked_reason") if state == StageState.BLOCKED else None,
         "progress_at": hb.get("progress_at"),
-        "last_exit": last_exit,
-        "log": str(root.log_path(name)),
+        "last_exit": hb.get("exit") if hb.get("exit") else hb.get("last_exit"),
+        "log": log,
     }
 
 
