@@ -41,7 +41,7 @@ from console.widgets.logs_panel import LogsPanel
 from console.widgets.queues_panel import QueuesPanel
 from console.widgets.runner_panel import RunnerPanel
 from console.widgets.search_pane import SearchPane
-from console.widgets.stages_panel import StagesPanel, StagesTable, row_key
+from console.widgets.stages_panel import StagesPanel, StagesTable, clock_messages, row_key
 from console.widgets.status_bar import StatusBar
 from console.widgets.too_small import TooSmall
 
@@ -383,8 +383,9 @@ class ConsoleApp(App):
         return rows
 
     def _render_stages(self, message: str | None = None) -> None:
-        messages = [m for m in (message, self.hosts_message) if m]
-        self.panels.stages.show(self.all_rows(), self.stopping, messages)
+        rows = self.all_rows()
+        messages = [m for m in (message, self.hosts_message) if m] + clock_messages(rows)
+        self.panels.stages.show(rows, self.stopping, messages)
         if self.selected_key is None:
             self._selection_changed(self.panels.stages.selected_key())
 

@@ -170,3 +170,16 @@ def test_queue_history_buckets_make_a_steady_time_axis():
     first = steady.buckets("q", 6)
     steady.add(2, {"q": 7})
     assert steady.buckets("q", 6) == first == [7.0, 7.0]
+
+
+def test_a_worker_clock_off_ours_gets_one_line_per_host():
+    from console.widgets.stages_panel import clock_messages
+
+    rows = [{"host": "local", "name": "sync"},
+            {"host": "sleight", "name": "worker", "clock_offset_s": -120.4},
+            {"host": "sleight", "name": "other", "clock_offset_s": -120.4},
+            {"host": "mbp", "name": "worker", "clock_offset_s": 0.8},
+            {"host": "imac2", "name": "worker", "clock_offset_s": 9.0}]
+    assert clock_messages(rows) == [
+        "sleight: clock 2m behind this machine's (set up time sync there)",
+        "imac2: clock 9s ahead of this machine's (set up time sync there)"]

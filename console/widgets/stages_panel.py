@@ -47,6 +47,24 @@ def last_exit_text(row: dict) -> tuple[str, str | None]:
     return text, ("exit--failed" if outcome in ("failed", "crashed") else None)
 
 
+CLOCK_WARN_S = 5.0   # a host clock this far off is worth a word (its rows are still right)
+
+
+def clock_messages(rows: list[dict]) -> list[str]:
+    """One line per worker host whose clock is off ours: its heartbeats are aged by its own
+    clock (pipeline.hoststages), but its log times will not match this machine's."""
+    out, seen = [], set()
+    for r in rows:
+        offset = r.get("clock_offset_s")
+        if offset is None or abs(offset) < CLOCK_WARN_S or r.get("host") in seen:
+            continue
+        seen.add(r.get("host"))
+        way = "ahead of" if offset > 0 else "behind"
+        out.append(f"{r.get('host')}: clock {fmt.duration(abs(offset))} {way} this machine's "
+                   f"(set up time sync there)")
+    return out
+
+
 def table_row(row: dict, stop_requested: bool) -> dict:
     state = row.get("state") or "?"
     if row.get("message"):
