@@ -389,6 +389,8 @@ class ResultWriter:
                     raise ValueError(f"{name}.kept.f32 holds {arr.size} values, not "
                                      f"{len(ok)} x {VECTOR_DIMS[name]}")
                 vectors[name] = arr.reshape(len(ok), VECTOR_DIMS[name])
+                if ok and np.abs(np.linalg.norm(vectors[name], axis=1) - 1).max() > NORM_TOLERANCE:
+                    raise ValueError(f"{name}.kept.f32 holds vectors that are not unit length")
             images = {}
             for i in ok:
                 row = manifest[i]

@@ -196,3 +196,16 @@ def test_step_seconds_in_each_result_are_that_batch_s_own(dirs, embedder):
         spent = embedder.clock.seconds[step] - before.get(step, 0.0)
         assert per_batch[0][step] > 0 and per_batch[1][step] > 0
         assert abs(per_batch[0][step] + per_batch[1][step] - spent) < 0.01
+
+
+def test_damaged_kept_vectors_are_dropped_not_merged(dirs, embedder, caplog):
+    path, rows = ms.make_batch(dirs.inbox, "b0013", 10)
+    assert _work_once(dirs, embedder, stop=_stop_after_first_chunk())[STOPPED] == 1
+    damaged = dirs.outbox / ".b0013.kept" / "dinov2_base.kept.f32"
+    damaged.write_bytes(bytes(damaged.stat().st_size))          # zeros: not unit vectors
+    embedded_before = embedder.clock.images["dinov2_base"]
+    with caplog.at_level("WARNING", logger="imageselector.worker"):
+        assert _work_once(dirs, embedder)[DONE] == 1
+    assert "not unit length" in caplog.text
+    assert embedder.clock.images["dinov2_base"] - embedded_before == 10
+    assert read_result(dirs.outbox / "b0013", manifest=rows).ids == [r.key for r in rows]
