@@ -95,11 +95,16 @@ class Transport(ABC):
     def imageselector(self, args, timeout: float | None = None) -> CommandResult:
         """``PYTHON -m imageselector ARGS`` there; exit ROOT_MISSING when the root is gone."""
 
+    def measure_clock(self) -> tuple[float, float]:
+        """(offset, round trip) in seconds of the host's clock against this machine's; the
+        same clock here."""
+        return 0.0, 0.0
+
     def clock_offset_s(self) -> float:
-        """How many seconds the host's clock is ahead of this machine's (0 here). A heartbeat
-        written there is aged by the host's clock, not ours, or a host a minute behind would
-        always look stale."""
-        return 0.0
+        """How many seconds the host's clock is ahead of this machine's. A heartbeat written
+        there is aged by the host's clock, not ours, or a host a minute behind would always
+        look stale."""
+        return self.measure_clock()[0]
 
     def start_stage(self, stage: str, extra_args=(), timeout: float | None = None) -> CommandResult:
         """``imageselector start STAGE --root ROOT``: detaches itself on the host."""
@@ -431,9 +436,6 @@ class SSHTransport(Transport):
                 t1 = time.time()
                 self._clock = (there - (t0 + t1) / 2, t1 - t0)
         return self._clock
-
-    def clock_offset_s(self) -> float:
-        return self.measure_clock()[0]
 
     def health(self) -> dict:
         out = self._root_command(self.commands.health())
