@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from original_support import DIMS, ORDER, Spec, build_original, root_config  # noqa: E402
 
 from pipeline.adopt import adopt  # noqa: E402
-from pipeline.root import Root  # noqa: E402
+from pipeline.core.root import Root  # noqa: E402
 
 
 def tree_bytes(path: Path, exclude_inodes: set | None = None) -> tuple[int, int]:

@@ -39,7 +39,7 @@ json.dump(samples, open(out, "w"))
 
 
 def build(root, gb: float) -> None:
-    from pipeline.db import connect
+    from pipeline.core.db import connect
 
     conn = connect(root.db_path, synchronous="OFF")
     have = root.db_path.stat().st_size
@@ -67,12 +67,12 @@ def main() -> int:
     if args.no_flush:
         import functools
 
-        import pipeline.backup as backup
+        import pipeline.stages.backup.backup as backup
 
         backup.backup_db = functools.partial(backup.backup_db, flush_every_s=3600.0)
-    from pipeline.backup import load_targets, snapshot
-    from pipeline.db import connect
-    from pipeline.root import Root
+    from pipeline.stages.backup.backup import load_targets, snapshot
+    from pipeline.core.db import connect
+    from pipeline.core.root import Root
 
     base = Path(args.dir)
     root = Root(base / "root").ensure()

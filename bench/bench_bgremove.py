@@ -1,7 +1,7 @@
 """Background removal alone with a u2net-size model at random init (rembg's u2net.onnx is not
 on this machine and is never downloaded): the U^2-Net of bench/u2net_arch.py exported to
 ONNX under a temporary $U2NET_HOME and run by rembg's ``u2net_custom`` session through the
-project's pipeline/bgremove.py, so the compute (and rembg's pre/post-processing) is the
+project's pipeline/models/bgremove.py, so the compute (and rembg's pre/post-processing) is the
 real model's. Prints ms per image: the median of ``--images`` after a warm-up.
 
     .venv/bin/python bench/bench_bgremove.py --images 6
@@ -35,8 +35,8 @@ RANDOM_U2NET_NAME = "imageselector-bench-u2net-random.onnx"
 def random_u2net_settings(threads: int = 0, verbose: bool = True):
     """BgSettings for rembg's u2net_custom with the random-init U^2-Net under $U2NET_HOME
     (exported once per U2NET_HOME)."""
-    from pipeline.bgremove import BgSettings
-    from pipeline.testmodels import u2net_home
+    from pipeline.models.bgremove import BgSettings
+    from pipeline.models.testprofile import u2net_home
 
     path = u2net_home() / RANDOM_U2NET_NAME
     if not path.is_file():
@@ -63,7 +63,7 @@ def main() -> int:
     from PIL import Image
 
     from bench_worker import sample_images
-    from pipeline.bgremove import BackgroundRemover
+    from pipeline.models.bgremove import BackgroundRemover
 
     print(f"onnxruntime {onnxruntime.__version__}, cpus {os.cpu_count()}, "
           f"load average {os.getloadavg()[0]:.1f}, images {args.images} (570x456 JPEG)")

@@ -32,8 +32,8 @@ STATE_MIX = ["tarred"] * 53 + ["discovered"] * 30 + ["downloaded"] * 5 + ["embed
 
 
 def build_root(path: Path, rows: int):
-    from pipeline.db import open_db
-    from pipeline.root import Root
+    from pipeline.core.db import open_db
+    from pipeline.core.root import Root
 
     path.mkdir(parents=True, exist_ok=True)
     (path / "imageselector.toml").write_text("[console]\nthumbnails = \"none\"\n")
@@ -71,7 +71,7 @@ def time_sources(root, reps: int = 20) -> dict[str, tuple[float, float]]:
     """Each source alone: (mean wall ms, mean CPU ms)."""
     from console import adapters
     from console.lock_view import LockView
-    from pipeline.locks import LockTracker
+    from pipeline.core.locks import LockTracker
 
     tracker = LockTracker(None)
     view = LockView(None, open_scan_s=3600)
@@ -263,7 +263,7 @@ def main() -> int:
     root = build_root(Path(args.root), args.rows)
     servers = start_ssh_workers(root, args.ssh_workers)
     idle = start_idle_processes(args.procs)
-    from pipeline.stage import request_stop, start_detached, stage_status
+    from pipeline.core.stage import request_stop, start_detached, stage_status
 
     try:
         if not args.no_stage and stage_status(root, "selftest")["pid"] is None:

@@ -146,7 +146,7 @@ def run_measured(argv: list[str], env: dict, cwd: Path | None = None, log: Path 
 
 
 def bench_ours(base_url: str, n: int, workers: int, work: Path) -> dict:
-    from pipeline.db import add_discovered_images, connect, transaction
+    from pipeline.core.db import add_discovered_images, connect, transaction
 
     root = work / f"root-ours-{workers}"
     shutil.rmtree(root, ignore_errors=True)

@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import db as dbm  # noqa: E402
-from pipeline.indexstore.store import IndexStore, registry_layout  # noqa: E402
+from pipeline.core import db as dbm  # noqa: E402
+from pipeline.index.store import IndexStore, registry_layout  # noqa: E402
 
 
 def batch(rng, start: int, n: int, order, dims):

@@ -53,7 +53,7 @@ def sample_jpegs(n: int, size=(570, 456)) -> list[bytes]:
 
 
 def make_root(base: Path, n: int, batch: int, tar: bool, worker: str):
-    from pipeline import db as dbm
+    from pipeline.core import db as dbm
     from tests.orchestrate_support import db_root
 
     extra = "" if not tar else "local_direct = false\n"
@@ -99,8 +99,8 @@ class Timers:
 
 def instrument(timers: Timers):
     """Wrap the orchestrator's steps with timers (names as in the figures)."""
-    from pipeline.orchestrator import intake, links
-    from pipeline.orchestrator.ledger import Ledger
+    from pipeline.stages.orchestrate import intake, links
+    from pipeline.stages.orchestrate.ledger import Ledger
 
     def wrap(owner, name, what, key_of):
         real = getattr(owner, name)
@@ -125,7 +125,7 @@ def instrument(timers: Timers):
 
 def stop_worker(wroot: Path, wait_s: float = 60.0) -> None:
     """The worker stage the orchestrator started: its kill file, then wait for its pid."""
-    from pipeline.procs import pid_alive
+    from pipeline.core.procs import pid_alive
 
     try:
         pid = json.loads((wroot / "run" / "worker.json").read_text()).get("pid")
@@ -157,7 +157,7 @@ def main() -> int:
     stub = None
     if args.worker == "stub":
         stub = StubWorker(wroot).start()
-    import pipeline.orchestrator.intake as intake_mod
+    import pipeline.stages.orchestrate.intake as intake_mod
 
     real_verify = intake_mod.verify
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import psutil
 
-from pipeline import db
-from pipeline.fsutil import read_json_or_none
-from pipeline.root import Root
-from pipeline.stage import is_live, stage_status
+from pipeline.core import db
+from pipeline.core.fsutil import read_json_or_none
+from pipeline.core.root import Root
+from pipeline.core.stage import is_live, stage_status
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ so approximate indexes are really tested. Queries are fresh members of random cl
   (b) the five image models (512, 768, 768, 1024, 768) at --rows-b rows (one full shard)
 
 Per case: the exact baseline (the per-shard flat indexes, models in parallel threads, and
-one after another), then the cross-shard search index of pipeline/searchindex.py (one
+one after another), then the cross-shard search index of pipeline/index/searchindex.py (one
 IVF-PQ fast-scan index per model over all shards, candidates re-scored exactly from the
 memory-mapped parts) built by ``searchindex.update`` and queried through
 ``SearchEngine.search_vectors`` under several settings (nprobe, candidates per model,
@@ -37,9 +37,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import searchindex as si  # noqa: E402
-from pipeline.indexstore.store import IndexStore  # noqa: E402
-from pipeline.search import SearchEngine, SearchSettings  # noqa: E402
+from pipeline.index import searchindex as si  # noqa: E402
+from pipeline.index.store import IndexStore  # noqa: E402
+from pipeline.search.engine import SearchEngine, SearchSettings  # noqa: E402
 
 FIVE = {"clip_vitb32": 512, "clip_vitl14": 768, "dinov2_base": 768, "dinov2_large": 1024,
         "dinov3_base": 768}

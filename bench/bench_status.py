@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import db
-from pipeline.locks import LockTracker
-from pipeline.root import Root
-from pipeline.status import snapshot
+from pipeline.core import db
+from pipeline.core.locks import LockTracker
+from pipeline.core.root import Root
+from pipeline.status.snapshot import snapshot
 
 
 def build(root: Root, rows: int) -> None:

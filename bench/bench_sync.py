@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.fsutil import atomic_write_bytes  # noqa: E402
-from pipeline.root import Root  # noqa: E402
+from pipeline.core.fsutil import atomic_write_bytes  # noqa: E402
+from pipeline.core.root import Root  # noqa: E402
 from pipeline.sandbox.catalogue import Catalogue  # noqa: E402
 from pipeline.sandbox.etsy_api import LocalEtsyAPI  # noqa: E402
 

@@ -24,9 +24,9 @@ def main() -> int:
     ap.add_argument("--kb", type=int, default=45, help="average image size (bg-removed JPEG q90 ~45 KB)")
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()
-    from pipeline.db import connect, transaction
-    from pipeline.root import Root
-    from pipeline.tars import Archiver, read_member_at
+    from pipeline.core.db import connect, transaction
+    from pipeline.core.root import Root
+    from pipeline.stages.archive.tars import Archiver, read_member_at
 
     base = Path(args.dir or tempfile.mkdtemp(prefix="bench_tar_"))
     root = Root(base / "root").ensure()

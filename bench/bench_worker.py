@@ -85,11 +85,11 @@ def main() -> int:
     import torch
     from PIL import Image
 
-    from pipeline import testmodels
-    from pipeline.batchfile import ManifestRow
-    from pipeline.bgremove import BackgroundRemover, BgSettings
-    from pipeline.embed import Embedder, Job
-    from pipeline.models import MODEL_NAMES, ModelSet, ModelSettings
+    from pipeline.models import testprofile as testmodels
+    from pipeline.batches.batchfile import ManifestRow
+    from pipeline.models.bgremove import BackgroundRemover, BgSettings
+    from pipeline.models.embed import Embedder, Job
+    from pipeline.models.registry import MODEL_NAMES, ModelSet, ModelSettings
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
           f"profile {args.profile}, images {args.images}, batch {args.batch}, "

@@ -1,1 +1,1 @@
-"""The Textual operations console (UI only; data comes from pipeline.status)."""
+"""The Textual operations console (UI only; data comes from pipeline.status.snapshot)."""

@@ -12,14 +12,14 @@ def is_live(row: dict) -> bool:
 
 
 def start_local(root, name: str) -> str:
-    from pipeline.stage import start_detached
+    from pipeline.core.stage import start_detached
 
     status = start_detached(root, name)
     return f"start {name}: {status['state']} (pid {status['pid'] or status['last_pid']})"
 
 
 def stop_local(root, name: str) -> str:
-    from pipeline.stage import request_stop, spec
+    from pipeline.core.stage import request_stop, spec
 
     status = request_stop(root, name)
     if status["state"] != "stopping":
@@ -30,7 +30,7 @@ def stop_local(root, name: str) -> str:
 def stop_all_order(rows: list[dict]) -> list[dict]:
     """Live rows in pipeline order: local stages of the pipeline first, then any other local
     stage, then each worker host's rows in host order."""
-    from pipeline.stage import PIPELINE_ORDER
+    from pipeline.core.stage import PIPELINE_ORDER
 
     local = [r for r in rows if r.get("host") == "local" and is_live(r)]
     rank = {name: i for i, name in enumerate(PIPELINE_ORDER)}
@@ -43,8 +43,8 @@ def escalate(root, name: str, pid: int, say: Callable[[str], None]) -> bool:
     """The stop ladder on one local stage: SIGTERM (handled like the kill file), wait
     stage.term_grace_s, then SIGKILL. The caller has shown the lock holders and had it
     confirmed (twice for the writer). True when the process is gone."""
-    from pipeline.fsutil import read_json_or_none
-    from pipeline.stage import signal_ladder, spec
+    from pipeline.core.fsutil import read_json_or_none
+    from pipeline.core.stage import signal_ladder, spec
 
     hb = read_json_or_none(root.heartbeat_path(name)) or {}
     proc_start = hb.get("proc_start") if hb.get("pid") == pid else None
@@ -57,14 +57,14 @@ def escalate(root, name: str, pid: int, say: Callable[[str], None]) -> bool:
 
 
 def pause_all(root) -> str:
-    from pipeline.stage import PAUSABLE, pause_stages
+    from pipeline.core.stage import PAUSABLE, pause_stages
 
     written = pause_stages(root, list(PAUSABLE))
     return "pause requested: " + ", ".join(written)
 
 
 def resume_all(root) -> str:
-    from pipeline.stage import PAUSABLE, resume_stages
+    from pipeline.core.stage import PAUSABLE, resume_stages
 
     resume_stages(root, list(PAUSABLE))
     return "resumed: " + ", ".join(PAUSABLE)

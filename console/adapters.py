@@ -38,11 +38,11 @@ def optional_function(module: str, name: str) -> Callable | None:
 
 
 # ---------------------------------------------------------------------------
-# Local stages, DB, lock holders (the data of pipeline/status.py)
+# Local stages, DB, lock holders (the data of pipeline/status/snapshot.py)
 # ---------------------------------------------------------------------------
 def local_stages(root, now: float) -> list[dict]:
-    from pipeline.stage import stage_status
-    from pipeline.status import local_stage_names
+    from pipeline.core.stage import stage_status
+    from pipeline.status.snapshot import local_stage_names
 
     return [stage_status(root, name, now) for name in local_stage_names(root)]
 
@@ -69,7 +69,7 @@ def _db_failure(db_path: Path, exc: sqlite3.Error) -> SourceMessage:
 
 def read_db(root, now: float, timeout_s: float = 2.0) -> dict:
     """Queue depths: the trigger-kept counters, O(1) at any size (polled every refresh)."""
-    from pipeline.db import queue_depths
+    from pipeline.core.db import queue_depths
 
     conn = connect_read_only(root.db_path, timeout_s)
     try:
@@ -83,13 +83,13 @@ def read_db(root, now: float, timeout_s: float = 2.0) -> dict:
 def read_backups(root, now: float, timeout_s: float = 2.0) -> dict:
     """Each backup target's state, and the scheduled jobs with their last results (or, before
     the scheduler exists, the last backup rows). These change slowly: polled less often."""
-    from pipeline.backup import status_view
+    from pipeline.stages.backup.backup import status_view
 
     conn = connect_read_only(root.db_path, timeout_s)
     out: dict[str, Any] = {"backups": [], "schedule": None, "backup_jobs": [], "notes": []}
     try:
         out["backups"] = status_view(root, conn, now, out["notes"])
-        out["schedule"] = _optional_section(out, "schedule", "pipeline.schedule", "show",
+        out["schedule"] = _optional_section(out, "schedule", "pipeline.core.schedule", "show",
                                             root, conn, now)
         out["backup_jobs"] = [dict(zip(("backup_id", "target", "kind", "started_at",
                                         "finished_at", "ok", "verified", "size_bytes", "error"), row))
@@ -107,7 +107,7 @@ def read_backups(root, now: float, timeout_s: float = 2.0) -> dict:
 def _optional_section(out: dict, what: str, module: str, name: str, *args):
     """Another part's status function, if it has landed; its failure is a note, not a crash
     of the whole DB panel."""
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
 
     fn = optional_function(module, name)
     if fn is None:
@@ -126,13 +126,13 @@ def lock_holders(root, view, now: float) -> list[dict]:
 
 def lock_holders_now(root) -> list[dict]:
     """A fresh look for the escalation screen (not the panel's remembered view)."""
-    from pipeline.locks import lock_holders as fresh
+    from pipeline.core.locks import lock_holders as fresh
 
     return fresh(root.db_path)
 
 
 def stage_heartbeat(root, name: str) -> dict:
-    from pipeline.fsutil import read_json_or_none
+    from pipeline.core.fsutil import read_json_or_none
 
     return read_json_or_none(root.heartbeat_path(name)) or {}
 
@@ -144,7 +144,7 @@ def runner_view(root, now: float, timeout_s: float = 2.0) -> dict:
     """The runner's last runs and the alerts (from the DB), and each pausable stage's pause
     request and acknowledgement (PAUSE_/PAUSED_ files). The live phase comes from the
     pipeline stage's heartbeat (info.phase, info.steps) in the stages source."""
-    from pipeline.stage import PAUSABLE, STAGES
+    from pipeline.core.stage import PAUSABLE, STAGES
 
     pause = {}
     for name in PAUSABLE:
@@ -165,7 +165,7 @@ def runner_view(root, now: float, timeout_s: float = 2.0) -> dict:
                             "SELECT started_at, ended_at, exit_code, outcome, reason, counters "
                             "FROM stage_runs WHERE stage = 'pipeline' "
                             "ORDER BY started_at DESC LIMIT 5")]
-        recent_alerts = optional_function("pipeline.alerts", "recent_alerts")
+        recent_alerts = optional_function("pipeline.core.alerts", "recent_alerts")
         if recent_alerts is not None:
             view["alerts"] = recent_alerts(conn, 20)
         else:
@@ -173,7 +173,7 @@ def runner_view(root, now: float, timeout_s: float = 2.0) -> dict:
                               for row in conn.execute(
                                   "SELECT at, kind, text, sent, error FROM alerts "
                                   "ORDER BY at DESC LIMIT 20")]
-        summary_json = optional_function("pipeline.runner", "summary_json")
+        summary_json = optional_function("pipeline.stages.runner.runner", "summary_json")
         last = summary_json(conn) if summary_json is not None else None
         view["summary"] = last.get("summary") if isinstance(last, dict) else None
     except sqlite3.Error as exc:
@@ -185,7 +185,7 @@ def runner_view(root, now: float, timeout_s: float = 2.0) -> dict:
 
 # ---------------------------------------------------------------------------
 # Worker hosts: status, start, stop and logs over one cached SSH connection per host
-# (pipeline/hoststages.py)
+# (pipeline/core/hoststages.py)
 # ---------------------------------------------------------------------------
 def worker_hosts(root) -> list[dict]:
     """The SSH workers of hosts.toml (a `local = true` worker is this machine: its stages
@@ -201,10 +201,10 @@ def worker_hosts(root) -> list[dict]:
 
 
 def host_stages(root, host: dict, timeout_s: float) -> list[dict]:
-    """The stages on a worker host, as rows shaped like pipeline.stage.stage_status (with
+    """The stages on a worker host, as rows shaped like pipeline.core.stage.stage_status (with
     "host" set to the host's name). An unreachable host raises (the app shows its rows as
     unreachable with the text, and lists the host among the failing sources)."""
-    from pipeline.hoststages import host_stage_rows
+    from pipeline.core.hoststages import host_stage_rows
 
     rows = host_stage_rows(root, host["name"], timeout_s)
     gone = [r for r in rows if r["state"] == "unreachable"]
@@ -215,21 +215,21 @@ def host_stages(root, host: dict, timeout_s: float) -> list[dict]:
 
 def host_log_tail(root, host: dict, stage: str, lines: int,
                   timeout_s: float | None = None) -> list[str]:
-    from pipeline.hoststages import host_log_tail as tail
+    from pipeline.core.hoststages import host_log_tail as tail
 
     return tail(root, host["name"], stage, lines, _source_timeout(root, timeout_s))
 
 
 def start_remote(root, host: dict, stage: str) -> str:
     """`imageselector start` there, on a connection of its own (remote.command_timeout)."""
-    from pipeline.hoststages import start_remote as start
+    from pipeline.core.hoststages import start_remote as start
 
     return start(root, host["name"], stage)
 
 
 def stop_remote(root, host: dict, stage: str, timeout_s: float | None = None) -> str:
     """The kill file there, over the host's cached connection."""
-    from pipeline.hoststages import stop_remote as stop
+    from pipeline.core.hoststages import stop_remote as stop
 
     return stop(root, host["name"], stage, _source_timeout(root, timeout_s))
 
@@ -241,7 +241,7 @@ def _source_timeout(root, timeout_s: float | None) -> float:
 
 def close_hosts() -> None:
     """Close the cached SSH connections (when the console exits)."""
-    from pipeline.hoststages import close_all
+    from pipeline.core.hoststages import close_all
 
     close_all()
 
@@ -267,7 +267,7 @@ def local_log_tail(path: Path, lines: int) -> tuple[list[str], tuple]:
         st = Path(path).stat()
     except FileNotFoundError:
         raise SourceMessage(f"no log yet at {path}") from None
-    from pipeline.stage import tail_lines
+    from pipeline.core.stage import tail_lines
 
     return tail_lines(path, lines, max_bytes=256 * 1024), (st.st_size, st.st_mtime_ns)
 
@@ -283,7 +283,7 @@ _search_cache: dict[str, Any] = {}
 def _search_engine(root):
     key = f"engine:{root.path}"
     if key not in _search_cache:
-        from pipeline.search import SearchEngine
+        from pipeline.search.engine import SearchEngine
 
         _search_cache[key] = SearchEngine.for_root(root)
     return _search_cache[key]
@@ -292,7 +292,7 @@ def _search_engine(root):
 def _model_set(root):
     key = f"models:{root.path}"
     if key not in _search_cache:
-        from pipeline.models import ModelSet, ModelSettings
+        from pipeline.models.registry import ModelSet, ModelSettings
 
         _search_cache[key] = ModelSet(ModelSettings.from_config(root.config, root.profile))
     return _search_cache[key]
@@ -319,9 +319,9 @@ def search(root, query: str, k: int) -> tuple[list[dict], list[str]]:
     """Listing cards, best first, and warnings. Each result: listing_id, image_id, title,
     price, currency, shop, score (fused), agree (models that found it), models
     ({model: {rank, score}}), primary_image {"path", "offset", "size"} (DECISIONS.md)."""
-    fn = optional_function("pipeline.search", "search")
+    fn = optional_function("pipeline.search.engine", "search")
     if fn is None:
-        raise NotAvailable("search: not available yet (pipeline/search.py)")
+        raise NotAvailable("search: not available yet (pipeline/search/engine.py)")
     kwargs = search_kwargs(query)
     engine = _search_engine(root)
     engine.refresh()
@@ -334,9 +334,9 @@ def search(root, query: str, k: int) -> tuple[list[dict], list[str]]:
 
 def more_like_this(root, listing_id: int, k: int) -> tuple[list[dict], list[str]]:
     """Listings like this one (its own images as the query), in the shape of search()."""
-    fn = optional_function("pipeline.search", "search")
+    fn = optional_function("pipeline.search.engine", "search")
     if fn is None:
-        raise NotAvailable("more like this: not available yet (pipeline/search.py)")
+        raise NotAvailable("more like this: not available yet (pipeline/search/engine.py)")
     results, warnings = fn(root, listing=int(listing_id), k=k, engine=_search_engine(root))
     return list(results), list(warnings)
 

@@ -73,7 +73,7 @@ def bindings() -> list[Binding]:
 
 def validate_keymap(keymap: dict, where: str = "console.keymap") -> dict[str, str]:
     """Check a keymap from the config: known ids, non-empty key strings."""
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
 
     if not isinstance(keymap, dict):
         raise UserError(f"{where} must be a table of binding id = key")

@@ -1,6 +1,6 @@
 """The locks panel's source: who holds the DB, cheap enough to poll every second.
 
-pipeline.locks.LockTracker reads /proc/locks (writers and readers) at every poll and runs the
+pipeline.core.locks.LockTracker reads /proc/locks (writers and readers) at every poll and runs the
 descriptor scan (or, on macOS, the F_GETLK helper process) only every `open_scan_s`. The
 since-times start from the CLI's run/locks_seen.json and are kept in memory: the console
 writes no file while it watches.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 class LockView:
     def __init__(self, seen_path: Path | None = None, open_scan_s: float = 5.0):
-        from pipeline.locks import LockTracker
+        from pipeline.core.locks import LockTracker
 
         self.tracker = LockTracker(seen_path, open_scan_s=open_scan_s, persist=False)
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from textual.message import Message
 
 from console.adapters import NotAvailable, SourceMessage
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from remote.errors import RemoteError
 
 OK, MESSAGE, UNAVAILABLE, ERROR = "ok", "message", "unavailable", "error"

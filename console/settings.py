@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from console.commands import validate_keymap
-from pipeline.config import config_values, toml_defaults
+from pipeline.core.config import config_values, toml_defaults
 
 REFRESH_STEPS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 THUMBNAIL_MODES = ("auto", "halfblock", "none")
@@ -26,7 +26,7 @@ class ConsoleSettings:
 
     @classmethod
     def from_config(cls, config) -> "ConsoleSettings":
-        from pipeline.errors import UserError
+        from pipeline.core.errors import UserError
 
         settings = cls(**config_values(cls, config))
         settings.keymap = validate_keymap(settings.keymap)

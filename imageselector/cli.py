@@ -7,7 +7,7 @@ import pkgutil
 import sys
 
 import imageselector.commands as commands_pkg
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.db import connect, transaction
-from pipeline.root import Root
+from pipeline.core.db import connect, transaction
+from pipeline.core.root import Root
 
 PYTHON = sys.executable
 

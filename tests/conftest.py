@@ -24,7 +24,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
 @pytest.fixture
 def tmp_root(tmp_path):
     """A fresh runtime root (production profile unless a test writes imageselector.toml)."""
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     return Root(tmp_path / "root").ensure()
 

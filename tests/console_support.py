@@ -29,7 +29,7 @@ def load_fixture(name: str):
 
 def make_root(path: Path, console: dict | None = None, stage: dict | None = None):
     """A production root whose console refreshes fast (tests never wait on a 1 s refresh)."""
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     path.mkdir(parents=True, exist_ok=True)
     console = {"refresh_s": 0.2, "source_timeout_s": 5.0, "thumbnails": "none", **(console or {})}
@@ -54,7 +54,7 @@ def toml_value(value) -> str:
 
 
 def seed_images(root, n: int, start: int = 1) -> None:
-    from pipeline.db import add_discovered_images, open_db, transaction
+    from pipeline.core.db import add_discovered_images, open_db, transaction
 
     conn = open_db(root)
     try:
@@ -134,8 +134,8 @@ class WriteLockHolder:
 
 def stop_if_running(root, name: str = "selftest") -> None:
     """Test cleanup: a stage a test started never outlives it (kill file, then SIGKILL)."""
-    from pipeline.procs import pid_alive
-    from pipeline.stage import request_stop, stage_status
+    from pipeline.core.procs import pid_alive
+    from pipeline.core.stage import request_stop, stage_status
 
     status = stage_status(root, name)
     pid = status.get("pid")

@@ -247,7 +247,7 @@ class ImageServer:
 
 def seed(root, rows) -> None:
     """rows: (listing_id, image_id, url) -> images + image_status(discovered)."""
-    from pipeline.db import add_discovered_images, open_db, transaction
+    from pipeline.core.db import add_discovered_images, open_db, transaction
 
     conn = open_db(root)
     try:
@@ -277,7 +277,7 @@ def write_config(root, **download) -> None:
 
 
 def db_rows(root) -> dict[tuple[int, int], dict]:
-    from pipeline.db import connect
+    from pipeline.core.db import connect
 
     conn = connect(root.db_path)
     try:

@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-from pipeline import db as dbm
-from pipeline.models import VECTOR_DIMS, VECTOR_ORDER
+from pipeline.core import db as dbm
+from pipeline.models.registry import VECTOR_DIMS, VECTOR_ORDER
 
 ORDER = list(VECTOR_ORDER)
 DIMS = dict(VECTOR_DIMS)

@@ -8,7 +8,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from pipeline.batchfile import ManifestRow, WorkerDirs, write_batch
+from pipeline.batches.batchfile import ManifestRow, WorkerDirs, write_batch
 
 # rembg only accepts a custom model under $U2NET_HOME: give the tests their own.
 if not os.environ.get("U2NET_HOME"):
@@ -32,7 +32,7 @@ poll_s = 0.2
 
 def sandbox_root(path: Path):
     """A root using the test-profile models."""
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     path.mkdir(parents=True, exist_ok=True)
     (path / "imageselector.toml").write_text(TEST_ROOT_TOML)
@@ -81,7 +81,7 @@ def test_embedder(root=None):
     """The test-profile Embedder, built once per process (models load once)."""
     global _embedder
     if _embedder is None:
-        from pipeline.stages.worker import build_embedder
+        from pipeline.stages.worker.entry import build_embedder
 
         root = root or sandbox_root(Path(tempfile.mkdtemp(prefix="imageselector-models-")))
         _embedder = build_embedder(root)

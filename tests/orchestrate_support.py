@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import db as dbm
-from pipeline.batchfile import WorkerDirs
-from pipeline.fsutil import atomic_write_json
-from pipeline.models import VECTOR_DIMS, VECTOR_ORDER
-from pipeline.root import Root
+from pipeline.core import db as dbm
+from pipeline.batches.batchfile import WorkerDirs
+from pipeline.core.fsutil import atomic_write_json
+from pipeline.models.registry import VECTOR_DIMS, VECTOR_ORDER
+from pipeline.core.root import Root
 
 STUB_FP = "stub-fingerprint-01"
 
@@ -178,7 +178,7 @@ class StubEmbedder:
         self.texts_seen: dict = {}
 
     def run(self, jobs, texts, store, should_stop=lambda: False, on_progress=lambda n: None):
-        from pipeline.embed import BatchVectors, Stopped
+        from pipeline.models.embed import BatchVectors, Stopped
 
         for job, text in zip(jobs, texts):
             self.texts_seen[job.row.key] = text
@@ -246,7 +246,7 @@ class StubWorker:
             self.report.write()
 
     def _run(self):
-        from pipeline.stages.worker import work
+        from pipeline.stages.worker.entry import work
 
         work(WorkerDirs.under(self.root_path), self.embedder, once=False,
              checkpoint=lambda: not self._stop.is_set(), stop_requested=self._stop.is_set,
@@ -269,8 +269,8 @@ def run_orchestrator(root: Root, once: bool = True, timeout_s: float = 60.0, sto
                      stop: threading.Event | None = None, until=None):
     """The orchestrator in this process, as the stage would run it (no stage lock). It stops
     on ``stop``, or when ``until()`` turns true, or (a failure) at the time limit."""
-    from pipeline.orchestrator.core import Orchestrator
-    from pipeline.orchestrator.settings import OrchestrateSettings
+    from pipeline.stages.orchestrate.core import Orchestrator
+    from pipeline.stages.orchestrate.settings import OrchestrateSettings
 
     deadline = time.monotonic() + timeout_s
     conn = dbm.open_db(root)
@@ -376,8 +376,8 @@ def tamper_result(path: Path, kind: str) -> None:
 
 def process_inbox(worker_root: Path, embedder: StubEmbedder | None = None) -> list[str]:
     """What a worker would do with its inbox now (no heartbeat): the result names."""
-    from pipeline.batchfile import list_batches
-    from pipeline.stages.worker import process_batch
+    from pipeline.batches.batchfile import list_batches
+    from pipeline.stages.worker.entry import process_batch
 
     dirs = WorkerDirs.under(worker_root).ensure()
     done = []

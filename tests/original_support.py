@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.models import VECTOR_DIMS, VECTOR_ORDER
+from pipeline.models.registry import VECTOR_DIMS, VECTOR_ORDER
 
 ORDER = list(VECTOR_ORDER)
 DIMS = dict(VECTOR_DIMS)

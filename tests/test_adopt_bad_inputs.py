@@ -29,7 +29,7 @@ def orig(pristine, tmp_path):
 
 
 def _root(tmp_path, spec, name="root"):
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     root_config(tmp_path / name, spec)
     return Root(tmp_path / name).ensure()
@@ -42,7 +42,7 @@ def _bad(report, what: str) -> dict:
 
 
 def _verify(root):
-    from pipeline.db import open_db
+    from pipeline.core.db import open_db
     from pipeline.index import verify
 
     conn = open_db(root)
@@ -53,7 +53,7 @@ def _verify(root):
 
 
 def _states(root) -> dict:
-    from pipeline.db import count_states_slowly, open_db, queue_depths
+    from pipeline.core.db import count_states_slowly, open_db, queue_depths
 
     conn = open_db(root)
     try:
@@ -66,8 +66,8 @@ def _states(root) -> dict:
 
 def test_row_count_truncated_tar_and_missing_indexes(pristine, orig, tmp_path):
     from pipeline.adopt import adopt
-    from pipeline.db import open_db
-    from pipeline.primary import open_primary
+    from pipeline.core.db import open_db
+    from pipeline.stages.archive.primary import open_primary
 
     drop_last_row(orig, 2, "dinov2_base")
     truncate_file(orig / "images/imagetarred/imageall_00003.tar", 0.5)
@@ -105,7 +105,7 @@ def test_row_count_truncated_tar_and_missing_indexes(pristine, orig, tmp_path):
         reasons = {r[0] for r in conn.execute("SELECT reason FROM image_status WHERE state = 'failed'")}
         assert all(r.startswith("adopt: shard_0002 refused") for r in reasons)
         # tars whose index was missing still open by offset; the newest primary member counts
-        from pipeline.tars import read_image
+        from pipeline.stages.archive.tars import read_image
 
         key = next(k for k, v in pristine.images.items() if v["tar"] and v["tar"][0] == "imageall_00004.tar")
         assert read_image(root, conn, *key) == pristine.jpeg[key]

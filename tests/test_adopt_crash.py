@@ -27,7 +27,7 @@ def original(tmp_path_factory):
 def reference(original, tmp_path_factory):
     """One uninterrupted adoption: its digest and how long it took in this process."""
     from pipeline.adopt import adopt
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     path = tmp_path_factory.mktemp("ref") / "root"
     root_config(path, original.spec)
@@ -40,7 +40,7 @@ def reference(original, tmp_path_factory):
 
 
 def _check_final(root, original, reference):
-    from pipeline.db import open_db
+    from pipeline.core.db import open_db
     from pipeline.index import verify
 
     assert adopted_digest(root, times=False) == reference["digest"]
@@ -63,7 +63,7 @@ def _spawn(root_path, original, *extra):
 
 
 def test_sigkill_of_the_command_then_restart(original, reference, tmp_path):
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     root_path = tmp_path / "root"
     root_config(root_path, original.spec)
@@ -85,7 +85,7 @@ def test_sigkill_at_random_moments_in_forked_children(original, reference, tmp_p
     """15 kills at random moments: five fresh roots, each killed three times in a row
     (each run resuming what the last one left), then finished and compared."""
     from pipeline.adopt import adopt
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     rng = random.Random(5)
     mid_run = 0
@@ -116,7 +116,7 @@ def test_sigkill_at_random_moments_in_forked_children(original, reference, tmp_p
 
 
 def test_sigterm_stops_between_units_and_the_next_run_finishes(original, reference, tmp_path):
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     root_path = tmp_path / "root"
     root_config(root_path, original.spec, **{"adopt.batch_rows": 5})

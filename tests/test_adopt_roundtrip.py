@@ -32,7 +32,7 @@ def adopted(original, tmp_path_factory):
     root_config(root_path, original.spec)
     proc = run_cli("adopt", "--from", original.path, "--json", root=root_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     return {"root": Root(root_path), "report": json.loads(proc.stdout), "before": before}
 
@@ -61,7 +61,7 @@ def test_status_matches_the_original(original, adopted):
 
 
 def test_search_by_listing_finds_its_twin_and_opens_its_primary(original, adopted):
-    from pipeline.tars import read_member_at
+    from pipeline.stages.archive.tars import read_member_at
 
     for a, b in list(original.twins.items())[:2]:
         proc = run_cli("search", "--listing", a, "-k", "3", "--json", root=adopted["root"])
@@ -79,9 +79,9 @@ def test_search_by_listing_finds_its_twin_and_opens_its_primary(original, adopte
 
 
 def test_every_image_opens_by_offset_and_loose_files_are_in_place(original, adopted):
-    from pipeline.db import open_db
-    from pipeline.primary import open_primary
-    from pipeline.tars import read_image
+    from pipeline.core.db import open_db
+    from pipeline.stages.archive.primary import open_primary
+    from pipeline.stages.archive.tars import read_image
 
     root = adopted["root"]
     conn = open_db(root)
@@ -163,9 +163,9 @@ def test_rebuild_and_later_imports_leave_the_linked_files_alone(original, tmp_pa
     write would change the original. Afterwards verify passes and search finds the twin."""
     from index_support import WriteOpenRecorder, add_batch, file_ids, sha_of, vectors_for
     from pipeline.adopt import adopt
-    from pipeline.db import open_db
+    from pipeline.core.db import open_db
     from pipeline.index import IndexStore, rebuild
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     flat = sorted((original.path / "data/embeddings").glob("shard_*/*.faiss"))
     before, digest = sha_of(flat), tree_digest(original.path)
@@ -201,7 +201,7 @@ def test_rebuild_and_later_imports_leave_the_linked_files_alone(original, tmp_pa
 
 def test_second_adoption_changes_nothing(original, adopted, tmp_path):
     from pipeline.adopt import adopt
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     root = Root(tmp_path / "again")
     shutil.copytree(adopted["root"].path, root.path, symlinks=True)

@@ -229,7 +229,7 @@ def test_stop_request_leaves_a_resumable_root(tmp_path):
     from original_support import Spec, build_original, root_config
 
     from pipeline.adopt import adopt
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     truth = build_original(tmp_path / "orig", Spec(listings=40, embedded=100, downloaded=4,
                                                    pending=2, queued=2, dead=2, twins=1,

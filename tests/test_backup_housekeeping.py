@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import os
 
-from pipeline.fsutil import read_json_or_none
-from pipeline.housekeeping import disk_section, refresh_disk_usage, rotate_logs
+from pipeline.core.fsutil import read_json_or_none
+from pipeline.core.housekeeping import disk_section, refresh_disk_usage, rotate_logs
 from tests.archive_support import add_images, cli
 from tests.support import wait_for
 

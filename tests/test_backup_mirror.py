@@ -8,8 +8,8 @@ import sqlite3
 
 import pytest
 
-from pipeline.backup import backup_status, load_mirrors, mirror, verify_mirror
-from pipeline.db import connect
+from pipeline.stages.backup.backup import backup_status, load_mirrors, mirror, verify_mirror
+from pipeline.core.db import connect
 from tests.archive_support import add_images, cli, write_config, write_shard
 from tests.support import wait_for
 

@@ -6,14 +6,14 @@ import dataclasses
 import pytest
 
 from console.settings import ConsoleSettings
-from pipeline.bgremove import BgSettings
-from pipeline.config import Config, config_values, toml_defaults
-from pipeline.download import Settings as DownloadSettings
-from pipeline.models import ModelSettings
-from pipeline.orchestrator.settings import OrchestrateSettings
-from pipeline.search import SearchSettings
-from pipeline.searchindex import BuildSettings
-from pipeline.stages.worker import WorkerSettings
+from pipeline.models.bgremove import BgSettings
+from pipeline.core.config import Config, config_values, toml_defaults
+from pipeline.stages.download.downloader import Settings as DownloadSettings
+from pipeline.models.registry import ModelSettings
+from pipeline.stages.orchestrate.settings import OrchestrateSettings
+from pipeline.search.engine import SearchSettings
+from pipeline.index.searchindex import BuildSettings
+from pipeline.stages.worker.entry import WorkerSettings
 
 SETTINGS = (ConsoleSettings, BgSettings, DownloadSettings, ModelSettings, OrchestrateSettings,
             SearchSettings, BuildSettings, WorkerSettings)

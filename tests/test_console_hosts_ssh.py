@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.hoststages as hoststages
+import pipeline.core.hoststages as hoststages
 from console.app import ConsoleApp
 from console.widgets.stages_panel import StagesTable
 from tests.console_support import label_text, make_root, seed_images, wait_until
@@ -139,7 +139,7 @@ def test_rows_from_heartbeats_over_one_cached_connection(tmp_path, sshd):  # noq
     (roots["w1"] / "logs" / "worker.log").write_text("".join(f"line {i}\n" for i in range(50)))
     assert hoststages.host_log_tail(root, "w1", "worker", 3, LIMIT) == \
         ["line 47", "line 48", "line 49"]
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
 
     with pytest.raises(UserError, match="no log yet"):
         hoststages.host_log_tail(root, "w2", "worker", 3, LIMIT)

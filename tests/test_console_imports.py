@@ -26,7 +26,7 @@ def test_pipeline_and_remote_import_no_textual():
     code = """
 import importlib, json, pkgutil, sys
 import remote
-names = ["pipeline.status", "pipeline.stage", "pipeline.locks", "pipeline.db", "pipeline.root"]
+names = ["pipeline.status.snapshot", "pipeline.core.stage", "pipeline.core.locks", "pipeline.core.db", "pipeline.core.root"]
 names += ["remote." + m.name for m in pkgutil.iter_modules(remote.__path__)]
 for name in names:
     importlib.import_module(name)
@@ -48,7 +48,7 @@ with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.St
     codes = [main(["--root", root, "status", "--json"]), main(["--root", root, "locks"]),
              main(["--root", root, "stop", "selftest"])]
 cli_loaded_textual = "textual" in sys.modules  # the CLI's status/locks/stop never need it
-from pipeline.root import Root
+from pipeline.core.root import Root
 from console.app import ConsoleApp
 
 async def run_console():

@@ -12,7 +12,7 @@ from console.commands import COMMANDS, bindings
 from console.screens.help_screen import HelpScreen, help_rows
 from console.settings import ConsoleSettings
 from console.widgets.too_small import TooSmall
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from tests.console_support import label_text, make_root, seed_images, wait_until
 
 pytestmark = pytest.mark.timeout(60)

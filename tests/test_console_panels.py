@@ -13,7 +13,7 @@ from console.widgets.locks_panel import LocksTable
 from console.widgets.logs_panel import LogsPanel
 from console.widgets.stages_panel import StagesTable
 from console.widgets.status_bar import StatusBar
-from pipeline.locks import holders_from_proc_locks
+from pipeline.core.locks import holders_from_proc_locks
 from tests.console_support import (WriteLockHolder, label_text, make_root, run_selftest_once,
                                    seed_images, wait_until)
 

@@ -11,8 +11,8 @@ from console.screens.confirm_screen import ConfirmScreen
 from console.screens.escalate_screen import EscalateScreen
 from console.widgets.command_log_panel import CommandLogPanel
 from console.widgets.stages_panel import StagesTable
-from pipeline.procs import pid_alive
-from pipeline.stage import start_detached, stage_status
+from pipeline.core.procs import pid_alive
+from pipeline.core.stage import start_detached, stage_status
 from tests.console_support import (label_text, make_root, run_selftest_once, seed_images,
                                    stop_if_running, wait_until)
 

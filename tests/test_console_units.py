@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pipeline import fmt
+from pipeline.core import fmt
 from console.adapters import (NotAvailable, SourceMessage, connect_read_only, read_backups,
                               read_db, runner_view, search_kwargs, worker_hosts)
 from console.command_log import CommandLog
@@ -17,7 +17,7 @@ from console.history import QueueHistory
 from console.logsearch import search_with_context
 from console.polling import ERROR, MESSAGE, OK, UNAVAILABLE, Poller, run_source
 from console.settings import next_refresh
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from tests.console_support import make_root, seed_images
 
 pytestmark = pytest.mark.timeout(60)

@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 import download_support as ds
-from pipeline.stage import run_stage
+from pipeline.core.stage import run_stage
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -196,8 +196,8 @@ class _FakeCtx:
 def test_low_disk_blocks_then_resumes_when_space_returns(tmp_root):
     import logging
 
-    from pipeline.db import open_db
-    from pipeline.download import Downloader, Settings
+    from pipeline.core.db import open_db
+    from pipeline.stages.download.downloader import Downloader, Settings
 
     root = tmp_root
     with ds.ImageServer() as server:

@@ -1,11 +1,11 @@
-"""pipeline/imagecheck.py: the complete check accepts every real image kind and rejects
+"""pipeline/core/imagecheck.py: the complete check accepts every real image kind and rejects
 truncation wherever the cut falls, in the cheap draft mode as in a full decode."""
 from __future__ import annotations
 
 import pytest
 
 import download_support as ds
-from pipeline.imagecheck import ImageRejected, verify_image
+from pipeline.core.imagecheck import ImageRejected, verify_image
 
 LIMIT = 40_000_000
 

@@ -226,7 +226,7 @@ def test_drop_and_bad_fields():
         with pytest.raises(requests.ConnectionError):
             get(api, "/listings/active", limit=5)
     with LocalEtsyAPI(listings=20, api_key=KEY, faults={"bad_fields": 1.0}) as api:
-        from pipeline.etsy import validate_listing_page
+        from pipeline.etsy.client import validate_listing_page
 
         assert validate_listing_page(get(api, "/listings/active", limit=5).json())
 
@@ -253,8 +253,8 @@ def test_etsy_api_stage_serves_until_its_kill_file(tmp_path):
     import subprocess
     import sys
 
-    from pipeline.fsutil import read_json_or_none
-    from pipeline.root import Root
+    from pipeline.core.fsutil import read_json_or_none
+    from pipeline.core.root import Root
     from support import wait_for
 
     root = Root(tmp_path / "sandbox").ensure()

@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from etsy_support import KEY
-from pipeline.errors import UserError
-from pipeline.etsy import (AuthError, ClientError, EtsyClient, QuotaExhausted, Redactor,
+from pipeline.core.errors import UserError
+from pipeline.etsy.client import (AuthError, ClientError, EtsyClient, QuotaExhausted, Redactor,
                            RequestFailed, api_base_url, load_rate_config, read_api_key, shared_bucket)
 from pipeline.sandbox.etsy_api import LocalEtsyAPI
 
@@ -57,7 +57,7 @@ def test_key_from_env_or_secret_file(tmp_root, monkeypatch):
     key_file.write_text(KEY + "\n")
     os.chmod(key_file, 0o644)
     (tmp_root.path / "imageselector.toml").write_text(f'[etsy]\nkey_file = "{key_file}"\n')
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     root = Root(tmp_root.path)
     with pytest.raises(UserError, match="readable by others"):
@@ -166,7 +166,7 @@ def test_bad_items_after_retries_are_returned_for_the_caller_to_drop(log):
     with LocalEtsyAPI(listings=30, api_key=KEY, faults={"bad_fields": 1.0}) as api:
         c = client(api, log=log, max_attempts=2)
         page = c.find_active(967, None, None, limit=10)
-        from pipeline.etsy import validate_listing_page
+        from pipeline.etsy.client import validate_listing_page
 
         assert len(validate_listing_page(page)) == 1
 
@@ -232,7 +232,7 @@ def test_not_found_is_a_client_error():
 
 
 def test_stop_interrupts_waiting():
-    from pipeline.etsy import Stopped
+    from pipeline.etsy.client import Stopped
 
     stop = threading.Event()
     with LocalEtsyAPI(listings=5, api_key=KEY, faults={"429": (1.0, 100)}, retry_after_s=30) as api:

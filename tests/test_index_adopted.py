@@ -9,11 +9,11 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.index import BatchRejected, FingerprintMismatch, IndexStore, rebuild
-from pipeline.indexstore import flatfile
-from pipeline.indexstore import parts as pt
-from pipeline.indexstore.verify import verify_store
+from pipeline.index import flatfile
+from pipeline.index import parts as pt
+from pipeline.index.verifier import verify_store
 from tests.index_support import (DIMS, FP, ORDER, WriteOpenRecorder, add_batch, add_images,
                                  file_ids, open_db, sha_of, vectors_for)
 
@@ -66,7 +66,7 @@ def _adopt_all(root, shards, conn=None, link="auto"):
         results.append(store.adopt_shard(s, ids, _hashes(vecs), files, FP, CAP,
                                          source_info={"shard": s}, link=link))
         if conn is not None:
-            from pipeline.indexstore import dbsync
+            from pipeline.index import dbsync
 
             dbsync.apply_slice(conn, store.shards[-1], store.shards[-1].slices[-1])
     return store, results

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from pipeline.index import IndexStore
-from pipeline.indexstore.verify import verify_store
+from pipeline.index.verifier import verify_store
 from tests.index_support import (DIMS, FP, ORDER, add_batch, assert_exactly_once, open_db,
                                  vectors_for)
 from tests.support import run_cli

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline.index import BatchRejected, FingerprintMismatch, IndexStore, verify
-from pipeline.indexstore import flatfile
-from pipeline.indexstore.verify import verify_store
+from pipeline.index import flatfile
+from pipeline.index.verifier import verify_store
 from tests.index_support import (DIMS, FP, ORDER, add_batch, assert_exactly_once, open_db,
                                  vectors_for)
 from tests.support import run_cli

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 import models_support as ms  # noqa: F401  (sets U2NET_HOME)
-from pipeline import testmodels
-from pipeline.bgremove import (BackgroundRemover, BgSettings, check_model_present,
+from pipeline.models import testprofile as testmodels
+from pipeline.models.bgremove import (BackgroundRemover, BgSettings, check_model_present,
                                choose_providers, get_session)
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from PIL import Image
 
 import models_support as ms
 from conftest import REPO, cli_env
-from pipeline.models import MODELS, ModelSet, ModelSettings
+from pipeline.models.registry import MODELS, ModelSet, ModelSettings
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_another_process_builds_the_same_weights(models):
     code = ("import io, sys, numpy as np; sys.path.insert(0, 'tests')\n"
             "import models_support as ms\n"
             "from PIL import Image\n"
-            "from pipeline.models import ModelSet, ModelSettings\n"
+            "from pipeline.models.registry import ModelSet, ModelSettings\n"
             "m = ModelSet(ModelSettings(profile='test', device='cpu'))\n"
             "im = Image.open(io.BytesIO(ms.furniture_jpeg(5))).convert('RGB')\n"
             "v = np.concatenate([m.get(n).embed_images([im])[0] for n in "
@@ -103,8 +103,8 @@ def test_production_path_loads_from_a_local_cache_only(tmp_path, models):
     (here a tiny DINOv2 saved locally: no network, no real weights needed)."""
     import transformers
 
-    from pipeline import testmodels
-    from pipeline.models import get_spec
+    from pipeline.models import testprofile as testmodels
+    from pipeline.models.registry import get_spec
 
     spec = get_spec("dinov2_base")
     repo = tmp_path / "hub" / "models--facebook--dinov2-base"

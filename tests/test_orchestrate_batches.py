@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from pipeline import db as dbm
-from pipeline.orchestrator import hostops, scheduler
-from pipeline.orchestrator.core import flush_path
-from pipeline.orchestrator.ledger import batch_name, parse_name, text_for
+from pipeline.core import db as dbm
+from pipeline.stages.orchestrate import hostops, scheduler
+from pipeline.stages.orchestrate.core import flush_path
+from pipeline.stages.orchestrate.ledger import batch_name, parse_name, text_for
 from tests.orchestrate_support import (StubEmbedder, StubWorker, add_downloaded,
                                        assert_indexed_once, batches, db_root, heartbeat,
                                        in_thread, inbox_names, local_hosts, process_inbox,
@@ -61,7 +61,7 @@ def test_only_full_batches_until_a_flush(tmp_path):
         wait_for(lambda: states(root)["embedded"] == 16, timeout=30, what="two full batches")
         time.sleep(1.0)
         assert states(root)["downloaded"] == 4, "a partial batch went out without a flush"
-        from pipeline.stages.orchestrate import on_driver_finished
+        from pipeline.stages.orchestrate.entry import on_driver_finished
 
         on_driver_finished(root)                           # the runner's drain
         assert flush_path(root).exists()
@@ -317,8 +317,8 @@ def test_unpack_refuses_members_outside_the_batch(tmp_path):
 
 
 def test_bad_settings_are_one_clear_error(tmp_path):
-    from pipeline.errors import UserError
-    from pipeline.orchestrator.settings import OrchestrateSettings
+    from pipeline.core.errors import UserError
+    from pipeline.stages.orchestrate.settings import OrchestrateSettings
 
     root = db_root(tmp_path / "root", extra="min_in_flight = 5\nmax_in_flight = 2\n")
     with pytest.raises(UserError, match="min_in_flight"):
@@ -356,8 +356,8 @@ def test_workers_status_for_the_console(tmp_path):
     heartbeat(tmp_path / "down", state="stopped")
     code = (
         "import json, sys\n"
-        "from pipeline.root import Root\n"
-        "from pipeline.orchestrator import workers_status\n"
+        "from pipeline.core.root import Root\n"
+        "from pipeline.stages.orchestrate import workers_status\n"
         f"print(json.dumps(workers_status(Root({str(root.path)!r}))))\n"
         "heavy = [m for m in ('torch', 'faiss', 'open_clip', 'transformers', 'rembg', "
         "'onnxruntime', 'textual') if m in sys.modules]\n"

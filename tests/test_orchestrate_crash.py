@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from pipeline import db as dbm
-from pipeline.orchestrator import core, intake  # noqa: F401 - imported before forking
-from pipeline.orchestrator.ledger import ACTIVE
-from pipeline.root import Root
+from pipeline.core import db as dbm
+from pipeline.stages.orchestrate import core, intake  # noqa: F401 - imported before forking
+from pipeline.stages.orchestrate.ledger import ACTIVE
+from pipeline.core.root import Root
 from tests.orchestrate_support import (FakeReport, StubWorker, add_downloaded,
                                        assert_indexed_once, db_root, local_hosts, write_hosts)
 
@@ -41,7 +41,7 @@ def _orchestrate_child(root_path, wroot, direct: bool, marker, once: bool) -> No
 
         intake.import_vectors = importing
         root = Root(root_path)
-        from pipeline.orchestrator.settings import OrchestrateSettings
+        from pipeline.stages.orchestrate.settings import OrchestrateSettings
 
         worker = StubWorker(wroot).start()
         conn = dbm.open_db(root)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import tests.models_support  # noqa: F401 - sets U2NET_HOME for the tiny background model
-from pipeline.procs import pid_alive
+from pipeline.core.procs import pid_alive
 from tests.orchestrate_support import (add_downloaded, assert_indexed_once, batches, db_root,
                                        write_hosts)
 from tests.sshd_support import SSHServer, find_sshd, free_port, keygen
@@ -104,7 +104,7 @@ class Cluster:
 def cluster(tmp_path_factory):
     if find_sshd() is None:
         pytest.fail("sshd is not installed: apt-get install openssh-server (make sysdeps)")
-    from pipeline.testmodels import ensure_tiny_u2net
+    from pipeline.models.testprofile import ensure_tiny_u2net
 
     ensure_tiny_u2net()          # made once here, not by three workers at the same time
     base = tmp_path_factory.mktemp("cluster")
@@ -162,7 +162,7 @@ def test_two_ssh_workers_and_the_local_one_index_a_collection(cluster, tmp_path)
     assert list(root.download_dir.iterdir()) == []
     assert len(list(root.bgremoved_dir.glob("*.jpg"))) == len(keys)
     # the console's view of the workers
-    from pipeline.orchestrator import workers_status
+    from pipeline.stages.orchestrate import workers_status
 
     views = {v["name"]: v for v in workers_status(root)}
     assert {v["state"] for v in views.values()} == {"running"}
@@ -232,7 +232,7 @@ def test_refused_host_key_and_other_host_faults_are_each_that_workers_error(clus
         assert not (tmp_path / "no-such-root").exists()
         assert "stranger" not in (root.path / "known_hosts").read_text()
         # the same faults as `status` shows them, each host looked at on its own
-        from pipeline.orchestrator import workers_status
+        from pipeline.stages.orchestrate import workers_status
 
         now = {v["name"]: v for v in workers_status(root, timeout_s=2.0)}
         assert now["here"]["state"] == "running"

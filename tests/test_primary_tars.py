@@ -9,10 +9,10 @@ import tarfile
 
 import pytest
 
-from pipeline.db import connect, transaction
-from pipeline.primary import (BIN_NAME, JSON_NAME, PrimaryUpdater, load_state, open_primary,
+from pipeline.core.db import connect, transaction
+from pipeline.stages.archive.primary import (BIN_NAME, JSON_NAME, PrimaryUpdater, load_state, open_primary,
                               primary_location)
-from pipeline.tars import Archiver
+from pipeline.stages.archive.tars import Archiver
 from tests.archive_support import add_images, cli, fake_jpeg, fork_and_kill, write_config
 
 

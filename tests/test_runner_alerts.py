@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from pipeline import db
-from pipeline.alerts import Alerter
-from pipeline.errors import UserError
-from pipeline.fsutil import read_json_or_none
-from pipeline.stage import stage_status
+from pipeline.core import db
+from pipeline.core.alerts import Alerter
+from pipeline.core.errors import UserError
+from pipeline.core.fsutil import read_json_or_none
+from pipeline.core.stage import stage_status
 from tests.alerts_support import SMTPServer, alert_config
 from tests.support import run_cli, wait_for
 

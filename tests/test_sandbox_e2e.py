@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from pipeline import db
-from pipeline.fsutil import read_json_or_none
-from pipeline.root import Root
+from pipeline.core import db
+from pipeline.core.fsutil import read_json_or_none
+from pipeline.core.root import Root
 from tests.alerts_support import free_port
 from tests.support import cli_json, run_cli, wait_for
 

@@ -8,8 +8,8 @@ from datetime import datetime
 
 import pytest
 
-from pipeline.errors import UserError
-from pipeline.schedule import (install, job_interval, launchd_plists, load_jobs, next_fire,
+from pipeline.core.errors import UserError
+from pipeline.core.schedule import (install, job_interval, launchd_plists, load_jobs, next_fire,
                                parse_cron, prev_fire, run_due)
 from tests.archive_support import cli, write_config
 

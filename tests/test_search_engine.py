@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.index import IndexStore
-from pipeline.search import SearchEngine, SearchSettings, encode_text, evaluate, search
+from pipeline.search.engine import SearchEngine, SearchSettings, encode_text, evaluate, search
 from tests.index_support import DIMS, FP, ORDER, Collection, add_images, open_db
 from tests.support import run_cli
 
@@ -133,7 +133,7 @@ def test_new_import_is_seen_without_restart(coll):
 
 
 def test_missing_or_misaligned_model_is_refused_with_warning(coll):
-    from pipeline.indexstore import flatfile
+    from pipeline.index import flatfile
 
     shard = coll.store.shards[1]
     shard.faiss_path("dinov2_base").unlink()

@@ -1,4 +1,4 @@
-"""The cross-shard search index (pipeline/searchindex.py) and parallel search."""
+"""The cross-shard search index (pipeline/index/searchindex.py) and parallel search."""
 from __future__ import annotations
 
 import shutil
@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline import searchindex as si
+from pipeline.index import searchindex as si
 from pipeline.index import IndexStore
-from pipeline.search import SearchEngine, SearchSettings, evaluate
+from pipeline.search.engine import SearchEngine, SearchSettings, evaluate
 from tests.index_support import FP, Collection, open_db
 
 pytestmark = pytest.mark.timeout(120)

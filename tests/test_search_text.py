@@ -16,7 +16,7 @@ TITLES = ["oak dining chair", "glass coffee table", "velvet sofa", "brass floor 
 
 
 def test_text_query_returns_clip_nearest_neighbours(tmp_root):
-    from pipeline.models import ModelSet, ModelSettings
+    from pipeline.models.registry import ModelSet, ModelSettings
 
     (tmp_root.path / "imageselector.toml").write_text(
         '[root]\nprofile = "sandbox"\n[models]\nprofile = "test"\n')

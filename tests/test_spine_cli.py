@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from pipeline import db
-from pipeline.config import Config, read_secret
-from pipeline.errors import UserError
+from pipeline.core import db
+from pipeline.core.config import Config, read_secret
+from pipeline.core.errors import UserError
 from tests.support import cli_json, run_cli
 
 HEAVY = ("torch", "open_clip", "transformers", "faiss", "rembg", "onnxruntime", "textual")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pipeline import db
+from pipeline.core import db
 
 
 def _fork(fn, *args) -> int:

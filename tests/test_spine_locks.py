@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from pipeline import db
-from pipeline.locks import holders_from_probe, holders_from_proc_locks, parse_proc_locks
+from pipeline.core import db
+from pipeline.core.locks import holders_from_probe, holders_from_proc_locks, parse_proc_locks
 from tests.support import run_cli
 
 HOLDER_SCRIPT = r"""
@@ -109,7 +109,7 @@ def test_parse_proc_locks_skips_waiters_and_reads_eof():
 
 def test_tracker_rescans_open_holders_only_as_often_as_asked(tmp_root):
     """A live display reads /proc/locks every poll but the descriptor scan less often."""
-    from pipeline.locks import LockTracker
+    from pipeline.core.locks import LockTracker
 
     conn = db.open_db(tmp_root)
     conn.close()

@@ -9,9 +9,9 @@ import pytest
 
 from etsy_support import (KEY, assert_matches, db_state, expected_state, make_root, run_sync,
                           write_bands)
-from pipeline.fsutil import read_json_or_none
+from pipeline.core.fsutil import read_json_or_none
 from pipeline.sandbox.etsy_api import LocalEtsyAPI
-from pipeline.sync.crawl import EXIT_QUOTA
+from pipeline.stages.sync.crawl import EXIT_QUOTA
 
 
 def test_full_crawl_equals_catalogue_and_recrawl_is_cheap(tmp_path):
@@ -54,7 +54,7 @@ def test_leaf_beyond_the_offset_cap_is_covered_by_price_bands(tmp_path):
         stats = api.stats()["counters"]
         assert stats.get("status_400", 0) == 0
         # the split is saved: a new pass starts from the parts, not from the one big band
-        from pipeline.sync import units as crawl_units
+        from pipeline.stages.sync import units as crawl_units
 
         before = conn.execute("SELECT unit_id, exhausted FROM crawl_units ORDER BY unit_id").fetchall()
         conn.execute("BEGIN IMMEDIATE")
@@ -254,8 +254,8 @@ def test_bad_band_config_is_one_clear_error(tmp_path):
 
 
 def test_primary_moves_when_etsy_reorders_images(tmp_path):
-    from pipeline.db import connect, transaction
-    from pipeline.sync.store import write_listings
+    from pipeline.core.db import connect, transaction
+    from pipeline.stages.sync.store import write_listings
 
     conn = connect(tmp_path / "db.sqlite")
     item = {"listing_id": 7, "shop_id": 3, "title": "t", "price": {"amount": 100, "divisor": 100,

@@ -14,7 +14,7 @@ import time
 
 from etsy_support import (ServerProcess, assert_matches, db_state, expected_state, make_root,
                           run_sync)
-from pipeline.fsutil import read_json_or_none
+from pipeline.core.fsutil import read_json_or_none
 from pipeline.sandbox.catalogue import Catalogue
 from support import wait_for
 

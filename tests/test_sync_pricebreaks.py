@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from etsy_support import KEY, make_root
-from pipeline.errors import UserError
-from pipeline.pricebreaks import compute_breaks
+from pipeline.core.errors import UserError
+from pipeline.stages.sync.pricebreaks import compute_breaks
 from pipeline.sandbox.catalogue import Catalogue
 from pipeline.sandbox.etsy_api import LocalEtsyAPI
-from pipeline.sync.units import load_band_config
+from pipeline.stages.sync.units import load_band_config
 from support import run_cli
 
 REPO = Path(__file__).resolve().parent.parent

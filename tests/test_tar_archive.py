@@ -9,8 +9,8 @@ import tarfile
 
 import pytest
 
-from pipeline.db import connect
-from pipeline.tars import (Archiver, TarError, journal_path, read_image, read_member_at,
+from pipeline.core.db import connect
+from pipeline.stages.archive.tars import (Archiver, TarError, journal_path, read_image, read_member_at,
                            tar_name, write_combined_index)
 from tests.archive_support import add_images, fork_and_kill, write_config
 

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from pipeline.tars import TarError, safe_extract
+from pipeline.stages.archive.tars import TarError, safe_extract
 
 
 def _add(tf, name, data=b"x", **kw):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import tarfile
 
-from pipeline.db import connect
+from pipeline.core.db import connect
 from tests.archive_support import add_images, cli, write_config
 
 

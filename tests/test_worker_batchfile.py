@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import models_support as ms
-from pipeline import batchfile
-from pipeline.batchfile import (BatchError, ManifestRow, ResultError, ResultWriter, list_batches,
+from pipeline.batches import batchfile
+from pipeline.batches.batchfile import (BatchError, ManifestRow, ResultError, ResultWriter, list_batches,
                                 list_results, read_batch, read_result, write_batch)
-from pipeline.models import VECTOR_DIMS, VECTOR_ORDER
+from pipeline.models.registry import VECTOR_DIMS, VECTOR_ORDER
 
 
 def _vectors(n: int, seed: int = 0) -> dict:

@@ -12,8 +12,8 @@ from PIL import Image
 
 import models_support as ms
 from conftest import REPO, cli_env
-from pipeline.batchfile import WorkerDirs, list_results, read_result, remove_tree
-from pipeline.stages.worker import DONE, REJECTED, SKIPPED, STOPPED, process_batch, work
+from pipeline.batches.batchfile import WorkerDirs, list_results, read_result, remove_tree
+from pipeline.stages.worker.entry import DONE, REJECTED, SKIPPED, STOPPED, process_batch, work
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +151,8 @@ def test_batch_with_a_result_already_is_only_cleaned_up(dirs, embedder):
 
 def test_model_major_order_gives_the_same_vectors(dirs, embedder):
     """unload_between_models (small GPUs) runs model by model over the batch."""
-    from pipeline.embed import Embedder
-    from pipeline.models import ModelSet, ModelSettings
+    from pipeline.models.embed import Embedder
+    from pipeline.models.registry import ModelSet, ModelSettings
 
     unloading = Embedder(ModelSet(ModelSettings(profile="test", device="cpu",
                                                 unload_between_models=True)),

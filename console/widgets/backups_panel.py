@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from pipeline import fmt
+from pipeline.core import fmt
 from console.widgets.synced_table import SyncedTable
 from console.widgets.text_updates import set_message, set_text
 
@@ -36,7 +36,7 @@ def target_status(b: dict) -> tuple[str, str]:
         return "last run failed", "backup--failed"
     if age is None:
         return "never succeeded", "backup--failed"
-    if b["overdue"]:   # against its own schedule (pipeline.backup.backup_status)
+    if b["overdue"]:   # against its own schedule (pipeline.stages.backup.backup.backup_status)
         return f"OVERDUE (every {fmt.duration(interval)})", "backup--overdue"
     return (f"ok (every {fmt.duration(interval)})" if interval else "ok"), "backup--ok"
 
@@ -55,7 +55,7 @@ def target_rows(backups: list[dict]) -> list[tuple[str, dict]]:
 
 
 def schedule_rows(jobs: list[dict]) -> list[tuple[str, dict]]:
-    """pipeline.schedule.show(): each job with its last run."""
+    """pipeline.core.schedule.show(): each job with its last run."""
     rows = []
     for j in jobs:
         last = j.get("last_run") or {}

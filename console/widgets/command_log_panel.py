@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import RichLog
 
-from pipeline import fmt
+from pipeline.core import fmt
 from console.command_log import CommandEntry
 
 

@@ -9,7 +9,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Static
 
-from pipeline import fmt
+from pipeline.core import fmt
 
 
 # Short model names for the per-model ranks line of a card.

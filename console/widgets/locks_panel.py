@@ -7,7 +7,7 @@ from textual.containers import Vertical
 from textual.widgets import Static
 
 from console.widgets.text_updates import set_message
-from pipeline import fmt
+from pipeline.core import fmt
 from console.widgets.synced_table import SyncedTable
 
 

@@ -7,7 +7,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, Sparkline, Static
 
 from console.widgets.text_updates import set_message, set_text
-from pipeline import fmt
+from pipeline.core import fmt
 from console.history import QUEUE_CONSUMER, QueueHistory
 
 STATES = ("discovered", "downloaded", "batched", "embedded", "tarred", "failed", "dead")

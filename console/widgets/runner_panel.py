@@ -9,7 +9,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
 from console.widgets.text_updates import set_message, set_text
-from pipeline import fmt
+from pipeline.core import fmt
 from console.widgets.synced_table import SyncedTable
 
 

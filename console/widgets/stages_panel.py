@@ -5,7 +5,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from pipeline import fmt
+from pipeline.core import fmt
 from console.widgets.synced_table import SyncedTable
 from console.widgets.text_updates import set_message
 
@@ -52,7 +52,7 @@ CLOCK_WARN_S = 5.0   # a host clock this far off is worth a word (its rows are s
 
 def clock_messages(rows: list[dict]) -> list[str]:
     """One line per worker host whose clock is off ours: its heartbeats are aged by its own
-    clock (pipeline.hoststages), but its log times will not match this machine's."""
+    clock (pipeline.core.hoststages), but its log times will not match this machine's."""
     out, seen = [], set()
     for r in rows:
         offset = r.get("clock_offset_s")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.widgets import Static
 
-from pipeline import fmt
+from pipeline.core import fmt
 from console.widgets.text_updates import set_text
 
 

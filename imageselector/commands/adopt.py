@@ -19,7 +19,7 @@ def _logger(root, quiet: bool) -> logging.Logger:
         log.removeHandler(h)
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     root.logs_dir.mkdir(parents=True, exist_ok=True)
-    from pipeline.stage import ReopeningLogHandler
+    from pipeline.core.stage import ReopeningLogHandler
 
     fh = ReopeningLogHandler(root.log_path("adopt"))
     fh.setFormatter(fmt)
@@ -33,7 +33,7 @@ def _logger(root, quiet: bool) -> logging.Logger:
 
 def cmd_adopt(args) -> int:
     from pipeline.adopt import adopt
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     root = Root.open(args.root)
     stop = {"asked": False}

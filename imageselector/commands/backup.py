@@ -4,14 +4,14 @@ from __future__ import annotations
 import json
 
 from imageselector.cli import add_root_argument
-from pipeline.fmt import date_time, duration, size
+from pipeline.core.fmt import date_time, duration, size
 
 
 
 def cmd_status(args) -> int:
-    from pipeline.backup import backup_status
-    from pipeline.db import open_db
-    from pipeline.root import Root
+    from pipeline.stages.backup.backup import backup_status
+    from pipeline.core.db import open_db
+    from pipeline.core.root import Root
 
     root = Root.open(args.root)
     conn = open_db(root)
@@ -45,11 +45,11 @@ def backup_lines(it: dict, indent: str = "") -> list[str]:
 
 
 def cmd_verify(args) -> int:
-    from pipeline.backup import (backup_lock, load_mirrors, load_targets, verify_mirror,
+    from pipeline.stages.backup.backup import (backup_lock, load_mirrors, load_targets, verify_mirror,
                                  verify_target)
-    from pipeline.db import open_db
-    from pipeline.errors import UserError
-    from pipeline.root import Root
+    from pipeline.core.db import open_db
+    from pipeline.core.errors import UserError
+    from pipeline.core.root import Root
 
     root = Root.open(args.root)
     names = set(args.target or [])
@@ -82,8 +82,8 @@ def cmd_verify(args) -> int:
 
 
 def cmd_restore(args) -> int:
-    from pipeline.backup import find_target, pick_generation, restore
-    from pipeline.root import Root
+    from pipeline.stages.backup.backup import find_target, pick_generation, restore
+    from pipeline.core.root import Root
 
     root = Root.open(args.root, create=False)
     target = find_target(root, args.target)
@@ -94,9 +94,9 @@ def cmd_restore(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from pipeline.backup import generations, load_targets
-    from pipeline.fsutil import read_json_or_none
-    from pipeline.root import Root
+    from pipeline.stages.backup.backup import generations, load_targets
+    from pipeline.core.fsutil import read_json_or_none
+    from pipeline.core.root import Root
 
     root = Root.open(args.root)
     out = []

@@ -5,7 +5,7 @@ from imageselector.cli import add_root_argument
 
 
 def cmd_console(args) -> int:
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     root = Root.open(args.root)
     overrides = {}

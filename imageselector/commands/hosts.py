@@ -52,7 +52,7 @@ def _remote_errors_are_user_errors(fn):
     """A RemoteError is shown like any bad input: one line, exit 2."""
     @functools.wraps(fn)
     def wrapper(args):
-        from pipeline.errors import UserError
+        from pipeline.core.errors import UserError
         from remote.errors import RemoteError
         try:
             return fn(args)
@@ -62,7 +62,7 @@ def _remote_errors_are_user_errors(fn):
 
 
 def _load(args):
-    from pipeline.root import Root
+    from pipeline.core.root import Root
     from remote.hosts import load_hosts
     from remote.ssh import SSHSettings
 
@@ -105,7 +105,7 @@ def cmd_list(args) -> int:
 
 @_remote_errors_are_user_errors
 def cmd_trust(args) -> int:
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
     from remote.ssh import trust
 
     _, hosts, settings = _load(args)

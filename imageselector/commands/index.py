@@ -8,14 +8,14 @@ from imageselector.cli import add_root_argument
 
 
 def _open_db_if_any(root):
-    from pipeline.db import open_db
+    from pipeline.core.db import open_db
 
     return open_db(root) if root.db_path.exists() else None
 
 
 def cmd_verify(args) -> int:
     from pipeline.index import verify
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     root = Root.open(args.root)
     conn = None if args.no_db else _open_db_if_any(root)
@@ -34,7 +34,7 @@ def cmd_verify(args) -> int:
 
 def cmd_rebuild(args) -> int:
     from pipeline.index import rebuild
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     root = Root.open(args.root)
     done = rebuild(root, force=not args.missing_only, shards=args.shard or None)
@@ -44,7 +44,7 @@ def cmd_rebuild(args) -> int:
 
 def cmd_info(args) -> int:
     from pipeline.index import IndexStore
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     root = Root.open(args.root)
     store = IndexStore.for_root(root)

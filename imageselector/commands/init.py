@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 from imageselector.cli import add_root_argument
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 
 def _client(root):
-    from pipeline.etsy import EtsyClient
+    from pipeline.etsy.client import EtsyClient
 
     return EtsyClient.from_root(root)
 
 
 def cmd_price_breaks(args) -> int:
-    from pipeline.etsy import EtsyError, QuotaExhausted
-    from pipeline.pricebreaks import price_breaks_from_api, write_band_config
-    from pipeline.root import Root
+    from pipeline.etsy.client import EtsyError, QuotaExhausted
+    from pipeline.stages.sync.pricebreaks import price_breaks_from_api, write_band_config
+    from pipeline.core.root import Root
 
     root = Root.open(args.root)
     cfg = root.config
@@ -44,10 +44,10 @@ def cmd_price_breaks(args) -> int:
 def cmd_taxonomy(args) -> int:
     import json
 
-    from pipeline.etsy import EtsyError
-    from pipeline.fsutil import atomic_write_bytes
-    from pipeline.root import Root
-    from pipeline.sync.store import find_subtree
+    from pipeline.etsy.client import EtsyError
+    from pipeline.core.fsutil import atomic_write_bytes
+    from pipeline.core.root import Root
+    from pipeline.stages.sync.store import find_subtree
 
     root = Root.open(args.root)
     taxonomy = args.taxonomy if args.taxonomy is not None else int(root.config.get("sync.root_taxonomy_id"))

@@ -8,7 +8,7 @@ from imageselector.cli import add_root_argument
 
 def model_listing(root) -> dict:
     """The registry as plain data (no model is loaded, torch is not imported)."""
-    from pipeline.models import (MODELS, VECTOR_DIMS, VECTOR_ORDER, ModelSettings,
+    from pipeline.models.registry import (MODELS, VECTOR_DIMS, VECTOR_ORDER, ModelSettings,
                                  fetch_instructions, hf_cache_dir, weights_present)
 
     settings = ModelSettings.from_config(root.config)
@@ -30,7 +30,7 @@ def model_listing(root) -> dict:
 
 
 def cmd_models(args) -> int:
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     listing = model_listing(Root.open(args.root))
     if args.json:

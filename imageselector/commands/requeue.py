@@ -5,8 +5,8 @@ from imageselector.cli import add_root_argument
 
 
 def cmd_requeue(args) -> int:
-    from pipeline import db
-    from pipeline.root import Root
+    from pipeline.core import db
+    from pipeline.core.root import Root
 
     root = Root.open(args.root)
     conn = db.open_db(root)

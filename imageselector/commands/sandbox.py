@@ -5,7 +5,7 @@ import os
 import sys
 
 from imageselector.cli import add_root_argument
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 
 def cmd_init(args) -> int:
@@ -18,8 +18,8 @@ def cmd_init(args) -> int:
 
 def cmd_serve(args) -> int:
     """The local Etsy API in the foreground (the etsy-api stage)."""
-    from pipeline.root import Root
-    from pipeline.stage import run_stage
+    from pipeline.core.root import Root
+    from pipeline.core.stage import run_stage
     import argparse
 
     root = Root.open(args.root)
@@ -30,7 +30,7 @@ def cmd_serve(args) -> int:
 def cmd_up(args) -> int:
     """Create the sandbox if needed, start its local Etsy API, open the console."""
     from pipeline.sandbox import init_sandbox
-    from pipeline.stage import is_live, stage_status, start_detached
+    from pipeline.core.stage import is_live, stage_status, start_detached
 
     root = init_sandbox(args.dir, args.port)
     if not is_live(stage_status(root, "etsy-api")):

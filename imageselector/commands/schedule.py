@@ -6,13 +6,13 @@ import sys
 import time
 
 from imageselector.cli import add_root_argument
-from pipeline.fmt import date_time
+from pipeline.core.fmt import date_time
 
 
 def cmd_show(args) -> int:
-    from pipeline.db import open_db
-    from pipeline.root import Root
-    from pipeline.schedule import show
+    from pipeline.core.db import open_db
+    from pipeline.core.root import Root
+    from pipeline.core.schedule import show
 
     root = Root.open(args.root)
     conn = open_db(root)
@@ -34,8 +34,8 @@ def cmd_show(args) -> int:
 
 
 def cmd_install(args, uninstall: bool = False) -> int:
-    from pipeline.root import Root
-    from pipeline.schedule import install
+    from pipeline.core.root import Root
+    from pipeline.core.schedule import install
 
     root = Root.open(args.root)
     plan = install(root, platform=args.platform, dry_run=args.dry_run, crontab_file=args.crontab_file,
@@ -51,8 +51,8 @@ def cmd_install(args, uninstall: bool = False) -> int:
 
 
 def cmd_run(args) -> int:
-    from pipeline.root import Root
-    from pipeline.schedule import get_job, run_job
+    from pipeline.core.root import Root
+    from pipeline.core.schedule import get_job, run_job
 
     root = Root.open(args.root)
     result = run_job(root, get_job(root, args.job), trigger=args.trigger)
@@ -62,8 +62,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_run_due(args) -> int:
-    from pipeline.root import Root
-    from pipeline.schedule import run_due
+    from pipeline.core.root import Root
+    from pipeline.core.schedule import run_due
 
     root = Root.open(args.root)
     code = 0
@@ -79,8 +79,8 @@ def cmd_run_due(args) -> int:
 
 
 def cmd_housekeeping(args) -> int:
-    from pipeline.housekeeping import refresh_disk_usage, rotate_logs
-    from pipeline.root import Root
+    from pipeline.core.housekeeping import refresh_disk_usage, rotate_logs
+    from pipeline.core.root import Root
 
     root = Root.open(args.root)
     out: dict = {}

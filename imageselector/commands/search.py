@@ -5,7 +5,7 @@ import json
 import sys
 
 from imageselector.cli import add_root_argument
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 
 def _models(text: str | None) -> list[str] | None:
@@ -24,13 +24,13 @@ def _price(item) -> str:
 
 
 def cmd_search(args) -> int:
-    from pipeline.root import Root
+    from pipeline.core.root import Root
 
     root = Root.open(args.root)
     if args.action == "eval":
         return _cmd_eval(root, args)
     if args.action == "index":
-        from pipeline.searchindex import update_for_root
+        from pipeline.index.searchindex import update_for_root
 
         done = update_for_root(root, force=args.force)
         if not done:
@@ -38,7 +38,7 @@ def cmd_search(args) -> int:
         for row in done:
             print(json.dumps(row, default=str))
         return 0
-    from pipeline.search import search
+    from pipeline.search.engine import search
 
     results, warnings = search(root, text=args.text, image=args.image, listing=args.listing,
                                image_id=args.image_id, k=args.k, models=_models(args.models))
@@ -65,7 +65,7 @@ def cmd_search(args) -> int:
 
 
 def _cmd_eval(root, args) -> int:
-    from pipeline.search import SearchEngine, evaluate
+    from pipeline.search.engine import SearchEngine, evaluate
 
     if not 1 <= args.queries <= 100_000:
         raise UserError(f"--queries must be between 1 and 100000, got {args.queries}")

@@ -6,12 +6,12 @@ import sys
 import time
 
 from imageselector.cli import add_root_argument
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 
 def _stage_args(name: str, rest: list[str]) -> argparse.Namespace:
     """Parse a stage's own flags (its module's add_arguments) plus --once."""
-    from pipeline.stage import load_entry, spec
+    from pipeline.core.stage import load_entry, spec
 
     stage = spec(name)
     module, _ = load_entry(stage)
@@ -24,8 +24,8 @@ def _stage_args(name: str, rest: list[str]) -> argparse.Namespace:
 
 
 def cmd_run(args) -> int:
-    from pipeline.root import Root
-    from pipeline.stage import run_stage
+    from pipeline.core.root import Root
+    from pipeline.core.stage import run_stage
 
     stage_args = _stage_args(args.stage, args.rest)
     root = Root.open(stage_args.root or args.root)
@@ -33,8 +33,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_start(args) -> int:
-    from pipeline.root import Root
-    from pipeline.stage import start_detached
+    from pipeline.core.root import Root
+    from pipeline.core.stage import start_detached
 
     stage_args = _stage_args(args.stage, args.rest)  # refuse bad flags here, not in a detached log
     root = Root.open(stage_args.root or args.root)
@@ -53,9 +53,9 @@ def _say(text: str) -> None:
 
 
 def cmd_stop(args) -> int:
-    from pipeline.locks import lock_holders, writer_pid
-    from pipeline.root import Root
-    from pipeline.stage import (PIPELINE_ORDER, is_live, request_stop, signal_ladder,
+    from pipeline.core.locks import lock_holders, writer_pid
+    from pipeline.core.root import Root
+    from pipeline.core.stage import (PIPELINE_ORDER, is_live, request_stop, signal_ladder,
                                 spec, stage_status, wait_stopped)
 
     root = Root.open(args.root)
@@ -99,7 +99,7 @@ def cmd_stop(args) -> int:
         if is_writer and not args.kill_writer:
             _say(f"{name} (pid {before['pid']}) holds the DB write lock: SIGKILL needs --kill-writer")
         hb_start = None
-        from pipeline.fsutil import read_json_or_none
+        from pipeline.core.fsutil import read_json_or_none
 
         hb = read_json_or_none(root.heartbeat_path(name)) or {}
         if hb.get("pid") == before["pid"]:
@@ -117,7 +117,7 @@ def cmd_stop(args) -> int:
 
 
 def _pausable_names(root, args) -> list[str]:
-    from pipeline.stage import PAUSABLE
+    from pipeline.core.stage import PAUSABLE
 
     if args.all or not args.stage:
         return list(PAUSABLE)
@@ -125,8 +125,8 @@ def _pausable_names(root, args) -> list[str]:
 
 
 def cmd_pause(args) -> int:
-    from pipeline.root import Root
-    from pipeline.stage import pause_acknowledged, pause_stages
+    from pipeline.core.root import Root
+    from pipeline.core.stage import pause_acknowledged, pause_stages
 
     root = Root.open(args.root)
     names = _pausable_names(root, args)
@@ -150,8 +150,8 @@ def cmd_pause(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from pipeline.root import Root
-    from pipeline.stage import resume_stages
+    from pipeline.core.root import Root
+    from pipeline.core.stage import resume_stages
 
     root = Root.open(args.root)
     names = _pausable_names(root, args)

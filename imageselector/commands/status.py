@@ -6,7 +6,7 @@ import time
 
 from imageselector.cli import add_root_argument
 from imageselector.commands.backup import backup_lines
-from pipeline.fmt import duration
+from pipeline.core.fmt import duration
 
 
 def print_locks(holders: list[dict], now: float) -> None:
@@ -18,8 +18,8 @@ def print_locks(holders: list[dict], now: float) -> None:
 
 
 def cmd_status(args) -> int:
-    from pipeline.root import Root
-    from pipeline.status import snapshot
+    from pipeline.core.root import Root
+    from pipeline.status.snapshot import snapshot
 
     root = Root.open(args.root)
     snap = snapshot(root)
@@ -51,8 +51,8 @@ def cmd_status(args) -> int:
 
 
 def cmd_locks(args) -> int:
-    from pipeline.locks import lock_holders
-    from pipeline.root import Root
+    from pipeline.core.locks import lock_holders
+    from pipeline.core.root import Root
 
     root = Root.open(args.root)
     holders = lock_holders(root.db_path, method=args.method, seen_path=root.run_dir / "locks_seen.json")

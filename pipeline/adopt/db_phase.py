@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import time
 
-from pipeline import db as dbm
+from pipeline.core import db as dbm
 from pipeline.adopt import Stopped, dbmap
 from pipeline.adopt.files import names_in, place
 from pipeline.adopt.report import ItemLog
-from pipeline.fsutil import fsync_dir
+from pipeline.core.fsutil import fsync_dir
 
 ADOPTED_REASON_EXTRA = f"{dbmap.ADOPT_REASON} not in the original DB"
 
@@ -49,8 +49,8 @@ class DBPhase:
         if self.dry:
             r.adopted["sync"] = {"keys": len(values), "crawl progress": "yes" if progress else "no"}
             return
-        from pipeline.sync import units
-        from pipeline.sync.crawl import PASS_KEY
+        from pipeline.stages.sync import units
+        from pipeline.stages.sync.crawl import PASS_KEY
 
         applied = "not applied"
         with dbm.transaction(self.conn):
@@ -152,7 +152,7 @@ class DBPhase:
 
     def _range_tar_problem(self, global_row: int) -> str:
         """Why the tar of a tarred image's row range holds it not (for its reason)."""
-        from pipeline.tars import tar_name
+        from pipeline.stages.archive.tars import tar_name
 
         if self._tar_status is None:
             self._tar_status = {}

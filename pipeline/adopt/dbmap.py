@@ -32,7 +32,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import db as dbm
+from pipeline.core import db as dbm
 
 CURSOR_PREFIX = "adopt:cursor:"
 ADOPT_REASON = "adopt:"

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.fsutil import fsync_dir
+from pipeline.core.fsutil import fsync_dir
 
 LINK_ERRORS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES,
                getattr(errno, "EOPNOTSUPP", errno.ENOTSUP))

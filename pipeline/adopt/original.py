@@ -16,7 +16,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 # The original's tables and columns, exactly as the reference lists them. ``key`` columns
 # are the ones without which a table cannot be mapped at all.

@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline import db as dbm
+from pipeline.core import db as dbm
 from pipeline.adopt import tars as tz
 from pipeline.adopt.files import place
 from pipeline.adopt.jsonstream import JSONShapeError, iter_member
-from pipeline.primary import PRIMARY_RE
+from pipeline.stages.archive.primary import PRIMARY_RE
 
 PRIMARY_KEY = "adopt:primary"
 
@@ -21,7 +21,7 @@ class PrimaryPhase:
 
     # ---- primary tars -----------------------------------------------------------------
     def _primary(self) -> None:
-        from pipeline import primary as pm
+        from pipeline.stages.archive import primary as pm
 
         d = self.orig.primary_dir
         rel = os.path.relpath(d, self.orig.path)
@@ -140,7 +140,7 @@ class PrimaryPhase:
         return out
 
     def _write_primary(self, d: Path, checks: dict, records: dict) -> None:
-        from pipeline import primary as pm
+        from pipeline.stages.archive import primary as pm
 
         new_dir = self.root.primary_dir
         new_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,7 @@ class PrimaryPhase:
         for number, check in checks.items():
             state.ends[number] = check.end
             state.counts[number] = len(check.members)
-        from pipeline.fsutil import atomic_write_bytes
+        from pipeline.core.fsutil import atomic_write_bytes
 
         # the record first: a .bin without it would read as "made by the new system"
         with dbm.transaction(self.conn):

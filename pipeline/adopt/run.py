@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from pipeline import db as dbm
+from pipeline.core import db as dbm
 from pipeline.adopt import Stopped, dbmap, scratch
 from pipeline.adopt import shards as sh
 from pipeline.adopt import tars as tz
@@ -37,10 +37,10 @@ from pipeline.adopt.primary_phase import PrimaryPhase
 from pipeline.adopt.report import ItemLog, Report
 from pipeline.adopt.shard_phase import ShardPhase
 from pipeline.adopt.tar_phase import TarPhase
-from pipeline.errors import UserError
-from pipeline.fsutil import atomic_write_json
-from pipeline.primary import PRIMARY_RE
-from pipeline.tars import TAR_RE
+from pipeline.core.errors import UserError
+from pipeline.core.fsutil import atomic_write_json
+from pipeline.stages.archive.primary import PRIMARY_RE
+from pipeline.stages.archive.tars import TAR_RE
 
 RUN_KEY = "adopt"
 
@@ -129,7 +129,7 @@ class Adoption(ShardPhase, TarPhase, DBPhase, PrimaryPhase):
 
     @contextmanager
     def _exclusive(self):
-        from pipeline.fsutil import exclusive_lock
+        from pipeline.core.fsutil import exclusive_lock
 
         with exclusive_lock(self.root.run_dir / "adopt.lock") as held:
             if not held:
@@ -137,7 +137,7 @@ class Adoption(ShardPhase, TarPhase, DBPhase, PrimaryPhase):
             yield
 
     def _check_stages(self) -> None:
-        from pipeline.stage import STAGES, stage_status
+        from pipeline.core.stage import STAGES, stage_status
 
         live = [n for n, s in STAGES.items() if s.where == "db_host"
                 and stage_status(self.root, n).get("pid")]
@@ -175,7 +175,7 @@ class Adoption(ShardPhase, TarPhase, DBPhase, PrimaryPhase):
         scratch.attach(self.x, self.work_dir / "scratch.db")
 
     def _begin_run(self) -> None:
-        from pipeline.indexstore.shard import list_shard_numbers
+        from pipeline.index.shard import list_shard_numbers
 
         prev = dbm.get_state(self.conn, RUN_KEY)
         if prev and prev.get("source") != str(self.orig.path):
@@ -231,7 +231,7 @@ class Adoption(ShardPhase, TarPhase, DBPhase, PrimaryPhase):
 
     # ---- layout and fingerprint -------------------------------------------------------
     def _store(self):
-        from pipeline.indexstore.store import IndexStore
+        from pipeline.index.store import IndexStore
 
         overrides = {}
         if self._layout:
@@ -242,7 +242,7 @@ class Adoption(ShardPhase, TarPhase, DBPhase, PrimaryPhase):
     def layout(self) -> tuple[list[str], dict[str, int]]:
         if self._layout:
             return list(self._layout[0]), dict(self._layout[1])
-        from pipeline.indexstore.store import registry_layout
+        from pipeline.index.store import registry_layout
 
         return registry_layout()
 
@@ -251,13 +251,13 @@ class Adoption(ShardPhase, TarPhase, DBPhase, PrimaryPhase):
             return self._fp
         fp = self.fp_override or self.root.config.get("adopt.fingerprint")
         if not fp:
-            from pipeline.indexstore.shard import Shard, list_shard_numbers
+            from pipeline.index.shard import Shard, list_shard_numbers
 
             numbers = list_shard_numbers(store.base)
             if numbers:  # adopted shards of an earlier run: the same fingerprint
                 fp = Shard(store.base, numbers[-1]).load(repair=False).fingerprint
         if not fp:
-            from pipeline.models import ModelSet, ModelSettings
+            from pipeline.models.registry import ModelSet, ModelSettings
 
             try:
                 fp = ModelSet(ModelSettings.from_config(self.root.config, self.root.profile)).fingerprint()
@@ -286,7 +286,7 @@ class Adoption(ShardPhase, TarPhase, DBPhase, PrimaryPhase):
         for number, path in self.orig.shard_dirs():
             rows = None
             try:
-                from pipeline.indexstore import flatfile
+                from pipeline.index import flatfile
 
                 rows = flatfile.read_header(path / sh.faiss_name(order[0]))[1]
             except (OSError, ValueError):
@@ -379,7 +379,7 @@ class Adoption(ShardPhase, TarPhase, DBPhase, PrimaryPhase):
         if self.dry:
             self.report.finish()
             return
-        from pipeline.tars import final_tars, write_combined_index
+        from pipeline.stages.archive.tars import final_tars, write_combined_index
 
         with dbm.transaction(self.conn):
             self.conn.execute(

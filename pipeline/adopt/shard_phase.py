@@ -8,11 +8,11 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 
-from pipeline import db as dbm
+from pipeline.core import db as dbm
 from pipeline.adopt import scratch
 from pipeline.adopt import shards as sh
 from pipeline.adopt.report import ItemLog
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 
 class ShardPhase:
@@ -20,8 +20,8 @@ class ShardPhase:
 
     # ---- shards -----------------------------------------------------------------------
     def _shards(self) -> None:
-        from pipeline.indexstore.shard import Shard, list_shard_numbers, shard_dir_name
-        from pipeline.indexstore.store import BatchRejected
+        from pipeline.index.shard import Shard, list_shard_numbers, shard_dir_name
+        from pipeline.index.store import BatchRejected
 
         order, dims = self.layout
         store = self._store()
@@ -167,7 +167,7 @@ class ShardPhase:
                      "INSERT OR REPLACE INTO scratch.refused VALUES (?, ?, ?)", rows)
 
     def _set_pointer(self, number: int, seq: int) -> None:
-        from pipeline.indexstore import dbsync
+        from pipeline.index import dbsync
 
         @dbm.retry_on_busy
         def put():

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.adopt.jsonstream import JSONShapeError, iter_array
-from pipeline.indexstore import flatfile
-from pipeline.indexstore import parts as pt
-from pipeline.indexstore.shard import shard_dir_name
+from pipeline.index import flatfile
+from pipeline.index import parts as pt
+from pipeline.index.shard import shard_dir_name
 
 IMAGE_INDEX = "image_index.json"
 CHUNK_ROWS = 4096
@@ -210,6 +210,6 @@ def check_vectors(src: SourceShard, order: list[str], threads: int = 4) -> None:
 
 
 def remove_staging(store_base: Path) -> None:
-    from pipeline.indexstore.store import STAGING
+    from pipeline.index.store import STAGING
 
     shutil.rmtree(Path(store_base) / STAGING, ignore_errors=True)

@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from pipeline.errors import UserError
-from pipeline.fsutil import atomic_write_bytes
-from pipeline.root import Root
+from pipeline.core.errors import UserError
+from pipeline.core.fsutil import atomic_write_bytes
+from pipeline.core.root import Root
 
 # Secret used by the sandbox's local Etsy API (it is not a real key).
 SANDBOX_ETSY_KEY = "sandboxkey:sandboxsecret"
@@ -101,7 +101,7 @@ def init_sandbox(path: str | os.PathLike, port: int | None = None) -> Root:
     text = "# A sandbox root, written by `imageselector sandbox init`.\n\n" + render_toml(sections)
     atomic_write_bytes(config_path, text.encode())
     root = Root(path).ensure()
-    from pipeline.db import open_db
+    from pipeline.core.db import open_db
 
     open_db(root).close()  # an empty DB, so every panel shows zeros rather than "no DB yet"
     return root

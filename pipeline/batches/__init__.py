@@ -1,0 +1,1 @@
+"""The batch and result file formats shared by the orchestrator and the workers."""

@@ -1,0 +1,502 @@
+"""The seed's cron table as one config (pipeline/defaults/schedule.toml, overridable per job
+in the root's imageselector.toml), installed as crontab entries (Linux) or launchd plists
+(macOS), or run by `schedule run-due` where there is no cron. Every run goes through
+`schedule run JOB`, which records what ran when and how it ended in `schedule_runs`.
+"""
+from __future__ import annotations
+
+import os
+import plistlib
+import re
+import shlex
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Callable, Iterator
+
+from pipeline.core.errors import UserError
+from pipeline.core.stage import tail_lines
+
+BLOCK_BEGIN = "# BEGIN imageselector"
+BLOCK_END = "# END imageselector"
+
+
+# ---------------------------------------------------------------------------
+# Cron expressions
+# ---------------------------------------------------------------------------
+_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day", 1, 31), ("month", 1, 12), ("weekday", 0, 7))
+_ALIASES = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
+            "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *", "@yearly": "0 0 1 1 *"}
+
+
+@dataclass(frozen=True)
+class Cron:
+    text: str
+    minutes: frozenset
+    hours: frozenset
+    days: frozenset
+    months: frozenset
+    weekdays: frozenset          # 0 = Sunday
+    day_any: bool
+    weekday_any: bool
+
+    def matches_day(self, d: datetime) -> bool:
+        if d.month not in self.months:
+            return False
+        dom = d.day in self.days
+        dow = (d.isoweekday() % 7) in self.weekdays
+        if self.day_any and self.weekday_any:
+            return True
+        if self.day_any:
+            return dow
+        if self.weekday_any:
+            return dom
+        return dom or dow  # cron: both restricted -> either matches
+
+
+def parse_cron(text: str) -> Cron:
+    expr = _ALIASES.get(text.strip(), text.strip())
+    parts = expr.split()
+    if len(parts) != 5:
+        raise UserError(f"cron expression {text!r}: needs 5 fields (minute hour day month weekday)")
+    sets = []
+    for (name, lo, hi), part in zip(_FIELDS, parts):
+        values: set[int] = set()
+        for item in part.split(","):
+            m = re.fullmatch(r"(\*|\d+(?:-\d+)?)(?:/(\d+))?", item)
+            if not m:
+                raise UserError(f"cron expression {text!r}: bad {name} field {part!r}")
+            rng, step = m.group(1), int(m.group(2) or 1)
+            if step < 1:
+                raise UserError(f"cron expression {text!r}: bad step in {part!r}")
+            if rng == "*":
+                a, b = lo, hi
+            elif "-" in rng:
+                a, b = map(int, rng.split("-"))
+            else:
+                a = b = int(rng)
+                if m.group(2):
+                    b = hi
+            if a < lo or b > hi or a > b:
+                raise UserError(f"cron expression {text!r}: {name} {item!r} outside {lo}-{hi}")
+            values.update(range(a, b + 1, step))
+        sets.append(values)
+    weekdays = {0 if v == 7 else v for v in sets[4]}
+    return Cron(text, frozenset(sets[0]), frozenset(sets[1]), frozenset(sets[2]),
+                frozenset(sets[3]), frozenset(weekdays), parts[2] == "*", parts[4] == "*")
+
+
+def prev_fire(cron: Cron, at: float) -> float | None:
+    """The latest scheduled time <= ``at`` (local time), within the last 400 days."""
+    t = datetime.fromtimestamp(at).replace(second=0, microsecond=0)
+    day = t.replace(hour=0, minute=0)
+    for back in range(400):
+        d = day - timedelta(days=back)
+        if not cron.matches_day(d):
+            continue
+        for h in sorted(cron.hours, reverse=True):
+            for mnt in sorted(cron.minutes, reverse=True):
+                cand = d.replace(hour=h, minute=mnt)
+                if cand <= t:
+                    return cand.timestamp()
+    return None
+
+
+def next_fire(cron: Cron, after: float) -> float | None:
+    """The first scheduled time > ``after`` (local time), within the next 400 days."""
+    t = datetime.fromtimestamp(after).replace(second=0, microsecond=0)
+    day = t.replace(hour=0, minute=0)
+    for fwd in range(400):
+        d = day + timedelta(days=fwd)
+        if not cron.matches_day(d):
+            continue
+        for h in sorted(cron.hours):
+            for mnt in sorted(cron.minutes):
+                cand = d.replace(hour=h, minute=mnt)
+                if cand.timestamp() > after:
+                    return cand.timestamp()
+    return None
+
+
+def job_interval(cron_text: str) -> float:
+    """The longest gap between consecutive runs over a reference fortnight: what "overdue"
+    is measured against."""
+    cron = parse_cron(cron_text)
+    t = datetime(2024, 1, 1).timestamp()
+    end = t + 15 * 86400
+    fires = []
+    while t < end and len(fires) < 400:
+        n = next_fire(cron, t)
+        if n is None:
+            break
+        fires.append(n)
+        t = n
+    if len(fires) < 2:
+        return 366 * 86400.0
+    return max(b - a for a, b in zip(fires, fires[1:]))
+
+
+# ---------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------
+@dataclass
+class Job:
+    name: str
+    cron: str
+    steps: list[list[str]]
+    description: str = ""
+    enabled: bool = True
+
+
+def load_jobs(root) -> dict[str, Job]:
+    """Package jobs, each merged key by key with [schedule.jobs.NAME] of the root config."""
+    cfg = root.config
+    defaults = (cfg.defaults.get("schedule", {}) or {}).get("jobs", {}) or {}
+    overrides = (cfg.raw_file_section("schedule") or {}).get("jobs", {}) or {}
+    jobs: dict[str, Job] = {}
+    for name in list(defaults) + [n for n in overrides if n not in defaults]:
+        merged = dict(defaults.get(name, {}))
+        merged.update(overrides.get(name, {}) or {})
+        where = f"schedule.jobs.{name}"
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise UserError(f"{where}: job names may use letters, digits, '.', '_' and '-'")
+        if "cron" not in merged or "steps" not in merged:
+            raise UserError(f"{where}: needs cron and steps")
+        parse_cron(str(merged["cron"]))
+        steps = merged["steps"]
+        if not isinstance(steps, list) or not all(isinstance(s, list) and s and
+                                                  all(isinstance(a, str) for a in s) for s in steps):
+            raise UserError(f"{where}: steps must be a list of command lines (lists of strings)")
+        jobs[name] = Job(name, str(merged["cron"]), [list(s) for s in steps],
+                         str(merged.get("description", "")), bool(merged.get("enabled", True)))
+    return jobs
+
+
+def get_job(root, name: str) -> Job:
+    jobs = load_jobs(root)
+    if name not in jobs:
+        raise UserError(f"no scheduled job named {name!r} (jobs: {', '.join(jobs)})")
+    return jobs[name]
+
+
+# ---------------------------------------------------------------------------
+# Recording runs (table schedule_runs: schema v3 in pipeline/core/db.py)
+# ---------------------------------------------------------------------------
+def _write(conn, sql: str, args: tuple):
+    from pipeline.core.db import retry_on_busy, transaction
+
+    @retry_on_busy
+    def run():
+        with transaction(conn):
+            return conn.execute(sql, args).lastrowid
+
+    return run()
+
+
+def last_runs(conn, limit_per_job: int = 1) -> dict[str, list[dict]]:
+    # read-only (status calls this): no table yet means no run yet
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schedule_runs'").fetchone():
+        return {}
+    rows = conn.execute(
+        "SELECT job, trigger, started_at, finished_at, exit_code, outcome, step FROM schedule_runs "
+        "ORDER BY started_at DESC, run_id DESC LIMIT 2000").fetchall()
+    out: dict[str, list[dict]] = {}
+    for job, trig, st, fin, code, outcome, step in rows:
+        lst = out.setdefault(job, [])
+        if len(lst) < limit_per_job:
+            lst.append({"trigger": trig, "started_at": st, "finished_at": fin, "exit_code": code,
+                        "outcome": outcome or ("running" if fin is None else None), "step": step})
+    return out
+
+
+def close_interrupted(conn) -> None:
+    """Runs whose process is gone without recording an end are marked interrupted."""
+    from pipeline.core.procs import pid_alive
+    for run_id, pid in conn.execute("SELECT run_id, pid FROM schedule_runs WHERE finished_at IS NULL").fetchall():
+        if pid and not pid_alive(pid):
+            _write(conn, "UPDATE schedule_runs SET finished_at = ?, outcome = 'interrupted' "
+                         "WHERE run_id = ?", (time.time(), run_id))
+
+
+# ---------------------------------------------------------------------------
+# Running a job
+# ---------------------------------------------------------------------------
+def step_argv(root, step: list[str], python: str | None = None) -> list[str]:
+    return [python or sys.executable, "-m", "imageselector", "--root", str(root.path), *step]
+
+
+def run_job(root, job: Job, trigger: str = "manual",
+            runner: Callable[[list[str], Path], int] | None = None) -> dict:
+    """Run a job's steps in order (stop at the first failure), recording the run."""
+    from pipeline.core.db import open_db
+
+    conn = open_db(root)
+    try:
+        close_interrupted(conn)
+        started = time.time()
+        run_id = _write(conn, "INSERT INTO schedule_runs(job, trigger, started_at, pid) VALUES (?,?,?,?)",
+                        (job.name, trigger, started, os.getpid()))
+        root.logs_dir.mkdir(parents=True, exist_ok=True)
+        log_path = root.log_path("schedule")
+        code, outcome, step_text = 0, "ok", ""
+        runner = runner or _run_step
+        for step in job.steps:
+            step_text = " ".join(step)
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} job {job.name} ({trigger}): "
+                         f"imageselector {step_text}\n")
+            code = runner(step_argv(root, step), log_path)
+            if code != 0:
+                outcome = "busy" if code == 3 else "failed"
+                break
+        tail = "\n".join(tail_lines(log_path, 20, max_bytes=8192))
+        _write(conn, "UPDATE schedule_runs SET finished_at = ?, exit_code = ?, outcome = ?, step = ?, "
+                     "output_tail = ? WHERE run_id = ?",
+               (time.time(), code, outcome, step_text, tail, run_id))
+        return {"job": job.name, "trigger": trigger, "started_at": started, "exit_code": code,
+                "outcome": outcome, "step": step_text}
+    finally:
+        conn.close()
+
+
+def _run_step(argv: list[str], log_path: Path) -> int:
+    with open(log_path, "ab") as log:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log).returncode
+
+
+@contextmanager
+def _run_due_lock(root) -> Iterator[bool]:
+    from pipeline.core.fsutil import exclusive_lock
+
+    with exclusive_lock(root.run_dir / "schedule.lock") as held:
+        yield held
+
+
+def due_jobs(root, conn, now: float | None = None) -> list[tuple[Job, float]]:
+    """Enabled jobs whose latest slot (not older than schedule.catchup_s) has not run yet."""
+    now = time.time() if now is None else now
+    catchup = float(root.config.get("schedule.catchup_s"))
+    out = []
+    for job in load_jobs(root).values():
+        if not job.enabled:
+            continue
+        slot = prev_fire(parse_cron(job.cron), now)
+        if slot is None or now - slot > catchup:
+            continue
+        last = conn.execute("SELECT MAX(started_at) FROM schedule_runs WHERE job = ?", (job.name,)).fetchone()[0]
+        if last is None or last < slot:
+            out.append((job, slot))
+    return out
+
+
+def run_due(root, now: float | None = None, dry_run: bool = False,
+            runner: Callable[[list[str], Path], int] | None = None) -> list[dict]:
+    """Run every due job once, in order (one run-due at a time per root)."""
+    from pipeline.core.db import open_db
+
+    with _run_due_lock(root) as got:
+        if not got:
+            return []
+        conn = open_db(root)
+        try:
+            due = due_jobs(root, conn, now)
+        finally:
+            conn.close()
+        if dry_run:
+            return [{"job": j.name, "slot": slot, "outcome": "due"} for j, slot in due]
+        return [run_job(root, job, "run-due", runner) for job, _ in due]
+
+
+def show(root, conn=None, now: float | None = None) -> list[dict]:
+    now = time.time() if now is None else now
+    runs = last_runs(conn) if conn is not None else {}
+    out = []
+    for job in load_jobs(root).values():
+        cron = parse_cron(job.cron)
+        last = (runs.get(job.name) or [None])[0]
+        out.append({"job": job.name, "cron": job.cron, "enabled": job.enabled,
+                    "description": job.description,
+                    "steps": [" ".join(s) for s in job.steps],
+                    "next_run": next_fire(cron, now) if job.enabled else None,
+                    "interval_s": job_interval(job.cron), "last_run": last})
+    return out
+
+
+def status_section(root, conn) -> list[dict] | None:
+    """For pipeline.status.snapshot.SECTIONS["schedule"]: jobs with their last run."""
+    return show(root, conn)
+
+
+# ---------------------------------------------------------------------------
+# Installing: crontab (Linux and other POSIX) or launchd (macOS)
+# ---------------------------------------------------------------------------
+def _q(text: str) -> str:
+    return shlex.quote(str(text))
+
+
+def crontab_block(root, jobs: dict[str, Job], python: str | None = None) -> str:
+    python = python or sys.executable
+    r = str(root.path)
+    log = str(root.log_path("schedule"))
+    lines = [f"{BLOCK_BEGIN} {r}",
+             "# written by `imageselector schedule install`; change the schedule in "
+             "imageselector.toml and install again"]
+    for job in jobs.values():
+        if not job.enabled:
+            continue
+        parse_cron(job.cron)
+        cmd = (f"cd {_q(r)} && {_q(python)} -m imageselector --root {_q(r)} "
+               f"schedule run {_q(job.name)} --trigger cron >> {_q(log)} 2>&1")
+        lines.append(f"{job.cron} " + cmd.replace("%", "\\%"))  # % ends a crontab command
+    lines.append(f"{BLOCK_END} {r}")
+    return "\n".join(lines) + "\n"
+
+
+def merge_crontab(existing: str, block: str, root_path: str) -> str:
+    """The user's crontab with this root's block replaced (other lines and roots untouched)."""
+    begin, end = f"{BLOCK_BEGIN} {root_path}", f"{BLOCK_END} {root_path}"
+    out, skipping = [], False
+    for line in existing.splitlines():
+        if line.strip() == begin:
+            skipping = True
+            continue
+        if skipping and line.strip() == end:
+            skipping = False
+            continue
+        if not skipping:
+            out.append(line)
+    text = "\n".join(out).rstrip("\n")
+    return (text + "\n" if text else "") + block
+
+
+class CrontabIO:
+    """The user's crontab through the `crontab` program, or a plain file (tests, dry runs)."""
+
+    def __init__(self, program: str = "crontab", file: Path | None = None):
+        self.program = program
+        self.file = Path(file) if file else None
+
+    def read(self) -> str:
+        if self.file is not None:
+            try:
+                return self.file.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                return ""
+        try:
+            proc = subprocess.run([self.program, "-l"], capture_output=True, text=True,
+                                  stdin=subprocess.DEVNULL, timeout=30)
+        except FileNotFoundError:
+            raise UserError(f"{self.program!r} is not installed: use `schedule run-due` from a "
+                            f"loop instead, or install cron") from None
+        if proc.returncode != 0:
+            if "no crontab" in (proc.stderr + proc.stdout).lower():
+                return ""
+            raise UserError(f"{self.program} -l failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def write(self, text: str) -> None:
+        if self.file is not None:
+            from pipeline.core.fsutil import atomic_write_bytes
+
+            atomic_write_bytes(self.file, text.encode())
+            return
+        proc = subprocess.run([self.program, "-"], input=text, capture_output=True, text=True, timeout=30)
+        if proc.returncode != 0:
+            raise UserError(f"{self.program} - failed: {proc.stderr.strip()}")
+
+
+def launchd_intervals(cron: Cron, text: str) -> list[dict]:
+    """StartCalendarInterval entries for a cron expression (restricted fields only)."""
+    parts = (_ALIASES.get(text.strip(), text.strip())).split()
+    keys = [("Minute", cron.minutes, parts[0]), ("Hour", cron.hours, parts[1]),
+            ("Day", cron.days, parts[2]), ("Month", cron.months, parts[3]),
+            ("Weekday", cron.weekdays, parts[4])]
+    combos: list[dict] = [{}]
+    for key, values, part in keys:
+        if part == "*":
+            continue
+        combos = [dict(c, **{key: v}) for c in combos for v in sorted(values)]
+    if len(combos) > 500:
+        raise UserError(f"cron {text!r} expands to {len(combos)} launchd intervals; simplify it")
+    return combos
+
+
+def _slug(root) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", str(root.path)).strip("-").lower()[-60:]
+
+
+def launchd_plists(root, jobs: dict[str, Job], python: str | None = None) -> dict[str, bytes]:
+    """{file name: plist bytes} per enabled job."""
+    python = python or sys.executable
+    out = {}
+    for job in jobs.values():
+        if not job.enabled:
+            continue
+        label = f"org.imageselector.{_slug(root)}.{job.name}"
+        plist = {
+            "Label": label,
+            "ProgramArguments": [python, "-m", "imageselector", "--root", str(root.path),
+                                 "schedule", "run", job.name, "--trigger", "launchd"],
+            "WorkingDirectory": str(root.path),
+            "StartCalendarInterval": launchd_intervals(parse_cron(job.cron), job.cron),
+            "StandardOutPath": str(root.log_path("schedule")),
+            "StandardErrorPath": str(root.log_path("schedule")),
+            "RunAtLoad": False,
+        }
+        out[f"{label}.plist"] = plistlib.dumps(plist)
+    return out
+
+
+@dataclass
+class InstallPlan:
+    platform: str
+    text: str                                    # what would be written (crontab or plists)
+    files: dict[str, bytes] = field(default_factory=dict)
+    commands: list[list[str]] = field(default_factory=list)
+
+
+def install(root, platform: str | None = None, dry_run: bool = False, crontab_file: Path | None = None,
+            agents_dir: Path | None = None, load: bool = True, uninstall: bool = False) -> InstallPlan:
+    platform = platform or sys.platform
+    jobs = {} if uninstall else load_jobs(root)
+    if platform == "darwin":
+        agents = Path(os.path.expanduser(str(agents_dir or root.config.get("schedule.launch_agents_dir"))))
+        files = launchd_plists(root, jobs)
+        prefix = f"org.imageselector.{_slug(root)}."
+        old = sorted(p.name for p in agents.glob(prefix + "*.plist")) if agents.is_dir() else []
+        commands = [["launchctl", "unload", str(agents / n)] for n in old]
+        commands += [["launchctl", "load", str(agents / n)] for n in files]
+        text = "\n".join(f"# {agents / n}\n{b.decode()}" for n, b in files.items())
+        plan = InstallPlan("darwin", text, files, commands if load else [])
+        if dry_run:
+            return plan
+        agents.mkdir(parents=True, exist_ok=True)
+        for cmd in [c for c in plan.commands if c[1] == "unload"]:
+            subprocess.run(cmd, capture_output=True)
+        for n in old:
+            if n not in files:
+                os.unlink(agents / n)
+        from pipeline.core.fsutil import atomic_write_bytes
+
+        for n, b in files.items():
+            atomic_write_bytes(agents / n, b)
+        for cmd in [c for c in plan.commands if c[1] == "load"]:
+            subprocess.run(cmd, capture_output=True)
+        return plan
+    io = CrontabIO(root.config.get("schedule.crontab"), crontab_file)
+    block = crontab_block(root, jobs) if jobs else ""
+    try:
+        existing = io.read()
+    except UserError:
+        if not dry_run:
+            raise
+        existing = ""  # a dry run still shows the entries on a machine without cron
+    text = merge_crontab(existing, block, str(root.path))
+    plan = InstallPlan("cron", text)
+    if not dry_run:
+        io.write(text)
+    return plan

@@ -1,0 +1,1 @@
+"""Ensemble search over the index."""

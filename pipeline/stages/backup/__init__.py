@@ -1,0 +1,1 @@
+"""The backup stage: snapshots of data/, mirrors and their verification, restore."""

@@ -1,0 +1,1 @@
+"""The download stage: entry point, the downloader."""

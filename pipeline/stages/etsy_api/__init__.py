@@ -1,0 +1,1 @@
+"""The etsy-api stage: the local Etsy API (sandbox only)."""

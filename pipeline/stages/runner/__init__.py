@@ -1,0 +1,1 @@
+"""The pipeline stage: the weekly run that drives every other stage."""

@@ -1,0 +1,1 @@
+"""A small real stage that proves the stage contract in tests."""

@@ -1,0 +1,5 @@
+"""The Etsy crawl (the seed's sync_data.py): taxonomy, listings with their images, shops,
+reviews. ``crawl`` runs a pass, ``units`` holds the (taxonomy, price band) cursors,
+``store`` the idempotent writes, ``crew`` the crawl threads. The stage is
+pipeline/stages/sync/entry.py; the client is pipeline/etsy/client.py.
+"""

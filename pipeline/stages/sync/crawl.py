@@ -1,0 +1,526 @@
+"""The crawl: one pass = taxonomy, listings (unit by unit, page by page), shops, reviews.
+
+The pass and its finished phases live in ``sync_state`` (key ``sync_pass``), every unit's
+cursor in ``crawl_units``, a shop's review paging in ``sync_state`` (``reviews:<shop>``):
+a stop of any kind (kill file, SIGTERM, SIGKILL, quota) resumes exactly there, and the
+page in hand when it stopped is the only one asked for again.
+
+Quota order within a pass: listings first (new images are the product), then shops,
+then reviews; a phase that failed leaves the pass open so the next run retries it.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from pipeline.core.db import get_state, open_db, put_state, retry_on_busy, transaction
+from pipeline.etsy.client import (AuthError, ClientError, EtsyClient, QuotaExhausted, listing_problem,
+                           review_problem)
+from pipeline.stages.sync import store, units
+from pipeline.stages.sync.crew import Crew
+
+PHASES = ("taxonomy", "listings", "shops", "reviews")
+PASS_KEY = "sync_pass"
+LIMIT_KEY = "etsy_daily_limit"
+EXIT_QUOTA = 75  # EX_TEMPFAIL: stopped for the day's quota; the next run resumes
+
+
+@dataclass
+class Settings:
+    """Built only by from_config: the defaults live in pipeline/defaults/sync.toml."""
+
+    root_taxonomy_id: int
+    band_config: str
+    page_size: int
+    max_results: int
+    listing_refresh_s: float
+    shop_active_s: float
+    shop_refresh_s: float
+    review_active_s: float
+    fetch_new_shops: bool
+    batch_known_listings: bool
+    url_field: str
+    threads: int
+    phases: tuple
+    min_pass_interval_s: float
+
+    @classmethod
+    def from_config(cls, cfg, args=None) -> "Settings":
+        from pipeline.core.errors import UserError
+
+        day = 86400.0
+        phases = tuple(cfg.get("sync.phases"))
+        threads = int(cfg.get("sync.threads"))
+        if args is not None and getattr(args, "phases", None):
+            phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+        if args is not None and getattr(args, "threads", None):
+            threads = int(args.threads)
+        bad = [p for p in phases if p not in PHASES]
+        if bad or not phases:
+            raise UserError(f"sync phases must be some of {', '.join(PHASES)}; got {', '.join(bad) or 'none'}")
+        if threads < 1:
+            raise UserError(f"sync threads must be >= 1, got {threads}")
+        page = int(cfg.get("sync.page_size"))
+        if not 1 <= page <= 100:
+            raise UserError(f"sync.page_size must be 1..100, got {page}")
+        return cls(
+            root_taxonomy_id=int(cfg.get("sync.root_taxonomy_id")),
+            band_config=str(cfg.get("sync.band_config")), page_size=page,
+            max_results=int(cfg.get("sync.max_results")),
+            listing_refresh_s=float(cfg.get("sync.listing_refresh_days")) * day,
+            shop_active_s=float(cfg.get("sync.shop_active_days")) * day,
+            shop_refresh_s=float(cfg.get("sync.shop_refresh_days")) * day,
+            review_active_s=float(cfg.get("sync.review_active_days")) * day,
+            fetch_new_shops=bool(cfg.get("sync.fetch_new_shops")),
+            batch_known_listings=bool(cfg.get("sync.batch_known_listings")),
+            url_field=str(cfg.get("sync.image_url_field")), threads=threads,
+            phases=tuple(p for p in PHASES if p in phases),
+            min_pass_interval_s=float(cfg.get("sync.min_pass_interval_h")) * 3600)
+
+
+@dataclass
+class PhaseResult:
+    ok: bool = True
+    stopped: bool = False
+    quota: QuotaExhausted | None = None
+    fatal: BaseException | None = None
+    failures: list = field(default_factory=list)
+
+
+class Sync:
+    def __init__(self, ctx, settings: Settings, client: EtsyClient | None = None):
+        self.ctx = ctx
+        self.root = ctx.root
+        self.s = settings
+        self.conn = ctx.db()
+        self.crew: Crew | None = None
+        self.client = client or EtsyClient.from_root(
+            self.root, log=ctx.log, alert=self.alert, stop_check=self._stop_check,
+            known_daily_limit=get_state(self.conn, LIMIT_KEY))
+        self._skip_lock = threading.Lock()
+        self._skip: set[int] = set()
+        self._claimed: set[int] = set()
+        self.pass_no = 0
+
+    # ---- hooks -----------------------------------------------------------------------------
+    def _stop_check(self) -> bool:
+        return self.crew.stopping() if self.crew is not None else self.ctx.stop_requested()
+
+    def alert(self, kind: str, text: str) -> None:
+        """The operator's alert channel (pipeline/core/alerts.py: recorded in ``alerts``, sent by
+        mail when configured), plus the heartbeat for the console."""
+        self.ctx.set_info(last_alert={"kind": kind, "text": text, "at": time.time()})
+        try:
+            from pipeline.core.alerts import Alerter
+
+            conn = open_db(self.root)
+            try:
+                Alerter(self.root, conn=conn, log=self.ctx.log).send(kind, text)
+            finally:
+                conn.close()
+        except Exception as exc:  # an alert must never break the crawl
+            self.ctx.log.warning("could not record alert %s: %s", kind, exc)
+
+    def publish(self, **extra) -> None:
+        info = self.client.quota.info()
+        stats = self.client.stats_snapshot()
+        self.ctx.set_info(pass_no=self.pass_no, requests_today=info["requests_today"],
+                          remaining_today=info["remaining_today"], limit_per_day=info["limit_per_day"],
+                          **extra)
+        self.ctx.set_counter("requests", stats.get("requests", 0))
+        self.ctx.set_counter("retries", stats.get("retries", 0))
+        self.ctx.set_counter("throttled", stats.get("throttled", 0))
+        self.ctx.set_counter("bad_responses", stats.get("bad_responses", 0))
+
+    # ---- the pass --------------------------------------------------------------------------
+    def run(self) -> int:
+        ctx = self.ctx
+        state = self._open_pass()
+        if state is None:
+            ctx.log.info("last pass finished less than %.1f h ago: nothing to do",
+                         self.s.min_pass_interval_s / 3600)
+            return 0
+        failed: list[str] = []
+        for phase in self.s.phases:
+            if phase in state["done"]:
+                continue
+            while True:
+                ctx.set_info(phase=phase)
+                ctx.log.info("pass %d: phase %s", self.pass_no, phase)
+                self.publish(phase=phase)
+                result = getattr(self, f"phase_{phase}")()
+                self._remember_limit()
+                self.publish(phase=phase)
+                if result.fatal is not None:
+                    text = self.client.redact(result.fatal)
+                    ctx.set_info(failure=f"{phase}: {text}")
+                    ctx.log.error("phase %s: %s", phase, text)
+                    return 1
+                if result.stopped:
+                    ctx.log.info("stopped in phase %s; the next run resumes here", phase)
+                    return 0
+                if result.quota is None:
+                    break
+                if not self._wait_for_quota(phase, result.quota):
+                    return EXIT_QUOTA if not ctx.stop_requested() else 0
+            if result.ok and not failed:
+                state = self._phase_done(phase)
+            elif result.ok:
+                # it ran on what an earlier, failed phase left: it runs again next time
+                ctx.log.info("phase %s ran after a failed phase; it is run again next time", phase)
+            else:
+                failed.append(phase)
+                ctx.log.error("phase %s failed: %d item(s); it is retried by the next run (%s)",
+                              phase, len(result.failures), "; ".join(result.failures[:3]))
+        self.client.close()
+        if failed:
+            ctx.set_info(failure=f"phase(s) failed: {', '.join(failed)}", phase="failed")
+            return 1
+        if set(self.s.phases) >= set(PHASES) or set(state["done"]) >= set(PHASES):
+            self._finish_pass()
+        ctx.set_info(phase="done")
+        ctx.log.info("pass %d complete", self.pass_no)
+        return 0
+
+    def _wait_for_quota(self, phase: str, exc: QuotaExhausted) -> bool:
+        ctx = self.ctx
+        wait_s = max(exc.retry_after_s, 1.0)
+        text = (f"Etsy daily quota spent in phase {phase} (pass {self.pass_no}): "
+                f"{self.client.redact(exc)}; the crawl resumes where it stopped")
+        self.alert("quota_spent", text)
+        ctx.log.warning("%s", text)
+        if ctx.once:
+            ctx.set_info(failure=f"stopped for the daily quota in phase {phase}; resumes where it left off",
+                         phase=f"{phase} (quota)")
+            return False
+        ctx.blocked(f"Etsy daily quota spent; looking again in {wait_s:.0f} s")
+        if not ctx.sleep(wait_s):
+            return False
+        ctx.unblocked()
+        self.client.quota.forget()
+        return True
+
+    @retry_on_busy
+    def _open_pass(self) -> dict | None:
+        conn = self.conn
+        bands = units.load_band_config(self.root.db_dir / self.s.band_config)
+        with transaction(conn):
+            state = get_state(conn, PASS_KEY)
+            now = time.time()
+            if state is not None and state.get("finished_at"):
+                if now - state["finished_at"] < self.s.min_pass_interval_s:
+                    self.pass_no = state["pass_no"]
+                    return None
+                state = None
+            if state is None:
+                prev = get_state(conn, PASS_KEY) or {}
+                state = {"pass_no": int(prev.get("pass_no", 0)) + 1, "started_at": now,
+                         "finished_at": None, "done": []}
+                units.reset_for_pass(conn, state["pass_no"])
+                units.sync_units_with_config(conn, bands, state["pass_no"])
+                put_state(conn, PASS_KEY, state)
+                self.ctx.log.info("pass %d started", state["pass_no"])
+            else:
+                # the same pass goes on; a band config edited meanwhile takes effect now
+                units.sync_units_with_config(conn, bands, state["pass_no"])
+                self.ctx.log.info("pass %d resumed (done: %s)", state["pass_no"],
+                                  ", ".join(state["done"]) or "nothing yet")
+        self.pass_no = state["pass_no"]
+        return state
+
+    @retry_on_busy
+    def _phase_done(self, phase: str) -> dict:
+        with transaction(self.conn):
+            state = get_state(self.conn, PASS_KEY)
+            if phase not in state["done"]:
+                state["done"].append(phase)
+            put_state(self.conn, PASS_KEY, state)
+        return state
+
+    @retry_on_busy
+    def _finish_pass(self) -> None:
+        with transaction(self.conn):
+            state = get_state(self.conn, PASS_KEY)
+            state["finished_at"] = time.time()
+            put_state(self.conn, PASS_KEY, state)
+
+    @retry_on_busy
+    def _remember_limit(self) -> None:
+        limit = self.client.quota.limit_per_day
+        if limit is None:
+            return
+        with transaction(self.conn):
+            put_state(self.conn, LIMIT_KEY, limit)
+
+    def _crew(self, next_item, work, describe, threads: int | None = None) -> PhaseResult:
+        self.crew = Crew(self.ctx, threads or self.s.threads)
+        try:
+            self.crew.run(next_item, work, lambda: open_db(self.root), describe)
+        finally:
+            crew, self.crew = self.crew, None
+        return PhaseResult(ok=not crew.failures, stopped=crew.halt.is_set() and crew.quota is None
+                           and crew.fatal is None, quota=crew.quota, fatal=crew.fatal,
+                           failures=crew.failures)
+
+    # ---- taxonomy ----------------------------------------------------------------------------
+    def phase_taxonomy(self) -> PhaseResult:
+        result = PhaseResult()
+
+        def work(_item, conn):
+            tree = self.client.taxonomy_nodes()
+            nodes = store.find_subtree(tree, self.s.root_taxonomy_id)
+            if not nodes:
+                raise ClientError(f"taxonomy {self.s.root_taxonomy_id} is not in Etsy's seller taxonomy")
+
+            @retry_on_busy
+            def write():
+                with transaction(conn):
+                    store.write_taxonomy(conn, nodes, time.time())
+
+            write()
+            self.ctx.set_counter("taxonomy_nodes", len(nodes))
+
+        items = iter([1])
+        result = self._crew(lambda _conn: next(items, None), work, lambda _: "taxonomy", threads=1)
+        return result
+
+    # ---- listings ------------------------------------------------------------------------------
+    def phase_listings(self) -> PhaseResult:
+        self._skip, self._claimed = set(), set()
+
+        def next_item(conn):
+            with self._skip_lock:
+                unit = units.next_unit(conn, self._skip | self._claimed)
+                if unit is not None:
+                    self._claimed.add(unit.unit_id)
+                return unit
+
+        def work(unit, conn):
+            try:
+                self.crawl_unit(unit, conn)
+            except Exception:
+                with self._skip_lock:
+                    self._skip.add(unit.unit_id)  # not again in this run; its cursor stays
+                raise
+            finally:
+                with self._skip_lock:
+                    self._claimed.discard(unit.unit_id)
+
+        result = self._crew(next_item, work, lambda u: f"unit {u.label()}")
+        if result.ok and not result.stopped and result.quota is None:
+            self._record_root_count()
+        return result
+
+    @retry_on_busy
+    def _record_root_count(self) -> None:
+        root = self.s.root_taxonomy_id
+        with transaction(self.conn):
+            total = self.conn.execute(
+                "SELECT SUM(total_count) FROM crawl_units WHERE taxonomy_id = ? AND exhausted = ?",
+                (root, units.DONE)).fetchone()[0]
+            self.conn.execute("INSERT INTO taxonomy_dynamic(taxonomy_id, snapshot_timestamp, listing_count) "
+                              "VALUES (?, ?, ?)", (root, time.time(), total or 0))
+
+    def crawl_unit(self, unit: units.Unit, conn) -> None:
+        ctx, s, client = self.ctx, self.s, self.client
+        offset = unit.next_offset
+        while True:
+            ctx.set_current(f"{unit.label()} @ {offset}")
+            client.quota.require(2, "/listings/active")  # the page and its batch call, or neither
+            page = client.find_active(unit.taxonomy_id, unit.min_price, unit.max_price, offset, s.page_size)
+            count = page["count"]
+            if count > s.max_results:
+                if self._split(conn, unit, count):
+                    return
+                if offset == 0:
+                    ctx.log.warning("%s holds %d listings at one price: only the first %d are reachable",
+                                    unit.label(), count, s.max_results + s.page_size)
+                    ctx.progress(1, counter="unreachable_units")
+            items, bad = [], 0
+            for item in page["results"]:
+                problem = listing_problem(item)
+                if problem:
+                    bad += 1
+                    ctx.log.warning("skipped a listing (request %s): %s", client.last_request_id,
+                                    client.redact(problem))
+                else:
+                    items.append(item)
+            with_images = self._fetch_images(conn, items)
+            next_offset = offset + len(page["results"])
+            finished = (len(page["results"]) < s.page_size or next_offset >= count
+                        or next_offset > s.max_results)
+            new_images = self._write_page(conn, unit, items, with_images, next_offset, count, finished)
+            ctx.progress(1, counter="done", current=f"{unit.label()} @ {offset}")
+            ctx.progress(1, counter="pages")
+            ctx.progress(len(items), counter="listings")
+            ctx.progress(new_images, counter="images_new")
+            if bad:
+                ctx.progress(bad, counter="invalid_items")
+            self.publish(phase="listings", band=unit.label())
+            if finished:
+                ctx.progress(1, counter="units_done")
+                return
+            offset = next_offset
+            if not self.crew.boundary():
+                return
+
+    def _fetch_images(self, conn, items: list[dict]) -> dict[int, list[dict]] | None:
+        """listing_id -> images for the listings that need them (one batch call)."""
+        if not items:
+            return {}
+        skip = set() if self.s.batch_known_listings else store.known_unchanged(conn, items)
+        wanted = [it["listing_id"] for it in items if it["listing_id"] not in skip]
+        out: dict[int, list[dict] | None] = {lid: None for lid in skip}
+        if not wanted:
+            return out
+        batch = self.client.listings_batch(wanted, includes="Images")
+        wanted_set = set(wanted)
+        for item in batch["results"]:
+            problem = listing_problem(item)
+            if problem or item["listing_id"] not in wanted_set:
+                self.ctx.log.warning("skipped a batch listing (request %s): %s", self.client.last_request_id,
+                                     self.client.redact(problem or f"{item['listing_id']} was not asked for"))
+                self.ctx.progress(1, counter="invalid_items")
+                continue
+            out[item["listing_id"]] = item.get("images") or []
+        gone = [lid for lid in wanted if lid not in out]
+        if gone:
+            # sold or removed between the search and the batch call: nothing stored for them
+            self.ctx.log.info("%d listing(s) vanished before the batch call (request %s): %s",
+                              len(gone), self.client.last_request_id, ", ".join(map(str, gone[:5])))
+            self.ctx.progress(len(gone), counter="vanished")
+        return out
+
+    def _write_page(self, conn, unit, items, with_images, next_offset, count, finished) -> int:
+        s = self.s
+
+        @retry_on_busy
+        def write() -> int:
+            now = time.time()
+            with transaction(conn):
+                _, new_images = store.write_listings(conn, items, with_images, now,
+                                                     s.listing_refresh_s, s.url_field)
+                units.advance(conn, unit, next_offset, count, finished)
+            return new_images
+
+        return write()
+
+    def _split(self, conn, unit: units.Unit, count: int) -> bool:
+        @retry_on_busy
+        def write():
+            with transaction(conn):
+                return units.split_unit(conn, unit, count, self.pass_no)
+
+        halves = write()
+        if halves is None:
+            return False
+        self.ctx.log.info("%s holds %d listings (> %d): split at $%.2f", unit.label(), count,
+                          self.s.max_results, halves[0][1] / 100)
+        self.ctx.progress(1, counter="units_split")
+        return True
+
+    # ---- shops -------------------------------------------------------------------------------
+    def phase_shops(self) -> PhaseResult:
+        now = time.time()
+        s = self.s
+        new_clause = "last_dynamic_ts IS NULL OR " if s.fetch_new_shops else ""
+        ids = [r[0] for r in self.conn.execute(
+            f"SELECT shop_id FROM shops_static WHERE {new_clause}"
+            f"(last_activity_ts >= ? AND last_dynamic_ts IS NOT NULL AND last_dynamic_ts < ?) "
+            f"ORDER BY shop_id", (now - s.shop_active_s, now - s.shop_refresh_s))]
+        self.ctx.set_info(shops_to_fetch=len(ids))
+        queue = iter(ids)
+        lock = threading.Lock()
+
+        def next_item(_conn):
+            with lock:
+                return next(queue, None)
+
+        def work(shop_id, conn):
+            self.ctx.set_current(f"shop {shop_id}")
+            try:
+                shop = self.client.shop(shop_id)
+            except ClientError as exc:
+                if exc.status != 404 or isinstance(exc, AuthError):
+                    raise
+                self.ctx.log.info("shop %s: gone (request %s)", shop_id, exc.request_id)
+                shop = None
+
+            @retry_on_busy
+            def write():
+                with transaction(conn):
+                    if shop is None:
+                        store.mark_shop_gone(conn, shop_id, time.time())
+                    else:
+                        store.write_shop(conn, shop, time.time())
+
+            write()
+            self.ctx.progress(1, counter="shops")
+            self.ctx.progress(1, counter="done")
+            self.publish(phase="shops")
+
+        return self._crew(next_item, work, lambda sid: f"shop {sid}")
+
+    # ---- reviews -----------------------------------------------------------------------------
+    def phase_reviews(self) -> PhaseResult:
+        now = time.time()
+        rows = self.conn.execute(
+            "SELECT shop_id, curr_review_count FROM shops_static WHERE last_activity_ts >= ? "
+            "AND curr_review_count IS NOT NULL AND curr_review_count != coalesce(prev_review_count, 0) "
+            "ORDER BY shop_id", (now - self.s.review_active_s,)).fetchall()
+        self.ctx.set_info(shops_for_reviews=len(rows))
+        queue = iter(rows)
+        lock = threading.Lock()
+
+        def next_item(_conn):
+            with lock:
+                return next(queue, None)
+
+        return self._crew(next_item, self.fetch_reviews, lambda r: f"reviews of shop {r[0]}")
+
+    def fetch_reviews(self, row, conn) -> None:
+        shop_id, count_now = row
+        key = f"reviews:{shop_id}"
+        cursor = get_state(conn, key)
+        if cursor is None:
+            last = conn.execute("SELECT MAX(create_timestamp) FROM reviews WHERE shop_id = ?",
+                                (shop_id,)).fetchone()[0]
+            cursor = {"offset": 0, "min_created": last}
+        page_size = self.s.page_size
+        while True:
+            self.ctx.set_current(f"reviews of shop {shop_id} @ {cursor['offset']}")
+            page = self.client.shop_reviews(shop_id, cursor["offset"], page_size, cursor["min_created"])
+            good = []
+            for r in page["results"]:
+                problem = review_problem(r)
+                if problem or r.get("shop_id") != shop_id:
+                    self.ctx.log.warning("skipped a review (request %s): %s", self.client.last_request_id,
+                                         problem or f"belongs to shop {r.get('shop_id')}")
+                    self.ctx.progress(1, counter="invalid_items")
+                else:
+                    good.append(r)
+            n = len(page["results"])
+            finished = n < page_size or cursor["offset"] + n >= page["count"]
+
+            @retry_on_busy
+            def write():
+                with transaction(conn):
+                    store.upsert_reviews(conn, good)
+                    if finished:
+                        conn.execute("UPDATE shops_static SET prev_review_count = ? WHERE shop_id = ?",
+                                     (count_now, shop_id))
+                        conn.execute("DELETE FROM sync_state WHERE key = ?", (key,))
+                    else:
+                        put_state(conn, key, {"offset": cursor["offset"] + n,
+                                              "min_created": cursor["min_created"]})
+
+            write()
+            self.ctx.progress(len(good), counter="reviews")
+            self.ctx.progress(1, counter="done")
+            self.publish(phase="reviews")
+            if finished:
+                return
+            cursor = {"offset": cursor["offset"] + n, "min_created": cursor["min_created"]}
+            if not self.crew.boundary():
+                return

@@ -1,0 +1,1 @@
+"""The status snapshot that the CLI and every console panel read."""
