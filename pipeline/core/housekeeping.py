@@ -114,7 +114,7 @@ def refresh_disk_usage(root, max_age_s: float | None = None) -> dict:
 
 
 def disk_section(root, conn) -> dict | None:
-    """For pipeline.status.snapshot.SECTIONS["disk"]: the cached figure only (cheap), with its age."""
+    """For the snapshot's "disk" section: the cached figure only (cheap), with its age."""
     cached = read_json_or_none(cache_path(root))
     if cached:
         cached["age_s"] = round(time.time() - float(cached.get("at", 0)), 1)

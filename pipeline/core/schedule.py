@@ -327,7 +327,7 @@ def show(root, conn=None, now: float | None = None) -> list[dict]:
 
 
 def status_section(root, conn) -> list[dict] | None:
-    """For pipeline.status.snapshot.SECTIONS["schedule"]: jobs with their last run."""
+    """For the snapshot's "schedule" section: jobs with their last run."""
     return show(root, conn)
 
 

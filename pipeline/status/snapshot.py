@@ -7,48 +7,22 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Callable
 
 from pipeline.core.db import IMAGE_STATES, DBError, open_db, queue_depths
 from pipeline.core.locks import LockTracker
 from pipeline.core.stage import PIPELINE_ORDER, STAGES, stage_status
+from pipeline.core import housekeeping, schedule
+from pipeline.status.registry import providers, status_provider
 
-def runner_section(root, conn) -> dict | None:
-    """The weekly run: the last summary and the recent alerts (for the console)."""
-    if conn is None:
-        return None
-    from pipeline.core.alerts import recent_alerts
-    from pipeline.stages.runner.runner import summary_json
-
-    last = summary_json(conn)
-    return {"last_run": None if last is None else {k: last[k] for k in ("started", "ended", "killed", "summary")},
-            "alerts": recent_alerts(conn, 20)}
+# The core's own sections (stages add theirs from their status modules, see registry.py).
+@status_provider("disk", order=80)
+def disk_section(root, conn, now, errors):
+    return housekeeping.disk_section(root, conn)
 
 
-# Extra sections other parts add to the snapshot (e.g. the remote hosts' stages, backup
-# schedule), as name -> function(root, conn) -> JSON-able value.
-def _lazy(module: str, func: str) -> Callable:
-    def section(root, conn):
-        import importlib
-
-        return getattr(importlib.import_module(module), func)(root, conn)
-
-    return section
-
-
-def workers_section(root, conn) -> list[dict]:
-    """Each worker host as the orchestrator last saw it (look=False: no SSH from a status)."""
-    from pipeline.stages.orchestrate import workers_status
-
-    return workers_status(root, look=False)
-
-
-SECTIONS: dict[str, Callable] = {
-    "runner": runner_section,
-    "workers": workers_section,
-    "disk": _lazy("pipeline.core.housekeeping", "disk_section"),
-    "schedule": _lazy("pipeline.core.schedule", "status_section"),
-}
+@status_provider("schedule", order=90)
+def schedule_section(root, conn, now, errors):
+    return schedule.status_section(root, conn)
 
 
 def local_stage_names(root) -> list[str]:
@@ -70,16 +44,14 @@ def snapshot(root, tracker: LockTracker | None = None, now: float | None = None,
     try:
         conn = open_db(root)
         result["queues"] = queue_depths(conn)
-        from pipeline.stages.backup.backup import status_view
-
-        result["backups"] = status_view(root, conn, now, result["errors"])
     except DBError as exc:
         result["queues"] = {state: None for state in IMAGE_STATES}
-        result["backups"] = []
         result["errors"].append(str(exc))
     except sqlite3.OperationalError as exc:  # e.g. locked beyond busy_timeout
+        if conn is not None:
+            conn.close()
+            conn = None
         result["queues"] = {state: None for state in IMAGE_STATES}
-        result["backups"] = []
         result["errors"].append(f"DB {root.db_path}: {exc}")
     result["stages"] = [stage_status(root, name, now) for name in local_stage_names(root)]
     if with_locks:
@@ -89,12 +61,12 @@ def snapshot(root, tracker: LockTracker | None = None, now: float | None = None,
         except Exception as exc:  # never let the lock view take the status down
             result["locks"] = []
             result["errors"].append(f"lock holders: {exc}")
-    for name, section in SECTIONS.items():
+    for provider in providers():
         try:
-            result[name] = section(root, conn)
-        except Exception as exc:
-            result[name] = None
-            result["errors"].append(f"{name}: {exc}")
+            result[provider.section] = provider.fn(root, conn, now, result["errors"])
+        except Exception as exc:  # one failing section never takes the status down
+            result[provider.section] = None
+            result["errors"].append(f"{provider.section}: {exc}")
     if conn is not None:
         conn.close()
     return result

@@ -10,6 +10,8 @@ import os
 import threading
 import time
 
+from pipeline.status.registry import status_provider
+
 HEARTBEAT = "run/worker.json"
 STATES = ("running", "stopped", "unreachable", "error")
 
@@ -140,3 +142,9 @@ def workers_status(root, timeout_s: float | None = None, now: float | None = Non
             "last_error": error, "seen_by_orchestrator": bool(seen),
         })
     return out
+
+
+@status_provider("workers", order=20)
+def workers_section(root, conn, now, errors) -> list[dict]:
+    """Each worker host as the orchestrator last saw it (look=False: no SSH from a status)."""
+    return workers_status(root, look=False)
