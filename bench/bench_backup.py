@@ -67,10 +67,11 @@ def main() -> int:
     if args.no_flush:
         import functools
 
-        import pipeline.stages.backup.backup as backup
+        import pipeline.stages.backup.snapshot as backup
 
         backup.backup_db = functools.partial(backup.backup_db, flush_every_s=3600.0)
-    from pipeline.stages.backup.backup import load_targets, snapshot
+    from pipeline.stages.backup.snapshot import snapshot
+    from pipeline.stages.backup.targets import load_targets
     from pipeline.core.db import connect
     from pipeline.core.root import Root
 

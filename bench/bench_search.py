@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.index import searchindex as si  # noqa: E402
 from pipeline.index.store import IndexStore  # noqa: E402
-from pipeline.search.engine import SearchEngine, SearchSettings  # noqa: E402
+from pipeline.search.engine import SearchEngine  # noqa: E402
+from pipeline.search.settings import SearchSettings  # noqa: E402
 
 FIVE = {"clip_vitb32": 512, "clip_vitl14": 768, "dinov2_base": 768, "dinov2_large": 1024,
         "dinov3_base": 768}

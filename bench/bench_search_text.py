@@ -18,8 +18,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", type=int, default=20)
     args = ap.parse_args()
-    from pipeline.models.registry import ModelSet, ModelSettings
-    from pipeline.search.engine import encode_text
+    from pipeline.models.loading import ModelSet
+    from pipeline.models.registry import ModelSettings
+    from pipeline.search.encoders import encode_text
 
     models = ["clip_vitb32", "clip_vitb32_text", "clip_vitl14", "clip_vitl14_text"]
     model_set = ModelSet(ModelSettings(profile="random", device="cpu"))

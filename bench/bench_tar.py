@@ -26,7 +26,8 @@ def main() -> int:
     args = ap.parse_args()
     from pipeline.core.db import connect, transaction
     from pipeline.core.root import Root
-    from pipeline.stages.archive.tars import Archiver, read_member_at
+    from pipeline.stages.archive.tarmembers import read_member_at
+    from pipeline.stages.archive.tars import Archiver
 
     base = Path(args.dir or tempfile.mkdtemp(prefix="bench_tar_"))
     root = Root(base / "root").ensure()

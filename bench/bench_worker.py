@@ -89,7 +89,8 @@ def main() -> int:
     from pipeline.batches.batchfile import ManifestRow
     from pipeline.models.bgremove import BackgroundRemover, BgSettings
     from pipeline.models.embed import Embedder, Job
-    from pipeline.models.registry import MODEL_NAMES, ModelSet, ModelSettings
+    from pipeline.models.loading import ModelSet
+    from pipeline.models.registry import MODEL_NAMES, ModelSettings
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
           f"profile {args.profile}, images {args.images}, batch {args.batch}, "

@@ -83,7 +83,7 @@ def read_db(root, now: float, timeout_s: float = 2.0) -> dict:
 def read_backups(root, now: float, timeout_s: float = 2.0) -> dict:
     """Each backup target's state, and the scheduled jobs with their last results (or, before
     the scheduler exists, the last backup rows). These change slowly: polled less often."""
-    from pipeline.stages.backup.backup import status_view
+    from pipeline.stages.backup.status import status_view
 
     conn = connect_read_only(root.db_path, timeout_s)
     out: dict[str, Any] = {"backups": [], "schedule": None, "backup_jobs": [], "notes": []}
@@ -292,10 +292,18 @@ def _search_engine(root):
 def _model_set(root):
     key = f"models:{root.path}"
     if key not in _search_cache:
-        from pipeline.models.registry import ModelSet, ModelSettings
+        from pipeline.models.loading import ModelSet
+        from pipeline.models.registry import ModelSettings
 
         _search_cache[key] = ModelSet(ModelSettings.from_config(root.config, root.profile))
     return _search_cache[key]
+
+
+def _image_locator():
+    """Where a result's primary image is archived (search imports no stage; the console does)."""
+    from pipeline.stages.archive.primary import primary_location
+
+    return primary_location
 
 
 def search_kwargs(query: str) -> dict:
@@ -319,25 +327,26 @@ def search(root, query: str, k: int) -> tuple[list[dict], list[str]]:
     """Listing cards, best first, and warnings. Each result: listing_id, image_id, title,
     price, currency, shop, score (fused), agree (models that found it), models
     ({model: {rank, score}}), primary_image {"path", "offset", "size"} (DECISIONS.md)."""
-    fn = optional_function("pipeline.search.engine", "search")
+    fn = optional_function("pipeline.search.query", "search")
     if fn is None:
-        raise NotAvailable("search: not available yet (pipeline/search/engine.py)")
+        raise NotAvailable("search: not available yet (pipeline/search/query.py)")
     kwargs = search_kwargs(query)
     engine = _search_engine(root)
     engine.refresh()
     if not engine.loaded:  # say so before loading any model
         raise SourceMessage(f"the index store {engine.base} is empty: nothing to search yet")
     extra = {} if "listing" in kwargs else {"model_set": _model_set(root)}
-    results, warnings = fn(root, k=k, engine=engine, **kwargs, **extra)
+    results, warnings = fn(root, k=k, engine=engine, locate=_image_locator(), **kwargs, **extra)
     return list(results), list(warnings)
 
 
 def more_like_this(root, listing_id: int, k: int) -> tuple[list[dict], list[str]]:
     """Listings like this one (its own images as the query), in the shape of search()."""
-    fn = optional_function("pipeline.search.engine", "search")
+    fn = optional_function("pipeline.search.query", "search")
     if fn is None:
-        raise NotAvailable("more like this: not available yet (pipeline/search/engine.py)")
-    results, warnings = fn(root, listing=int(listing_id), k=k, engine=_search_engine(root))
+        raise NotAvailable("more like this: not available yet (pipeline/search/query.py)")
+    results, warnings = fn(root, listing=int(listing_id), k=k, engine=_search_engine(root),
+                           locate=_image_locator())
     return list(results), list(warnings)
 
 

@@ -105,7 +105,7 @@ def test_row_count_truncated_tar_and_missing_indexes(pristine, orig, tmp_path):
         reasons = {r[0] for r in conn.execute("SELECT reason FROM image_status WHERE state = 'failed'")}
         assert all(r.startswith("adopt: shard_0002 refused") for r in reasons)
         # tars whose index was missing still open by offset; the newest primary member counts
-        from pipeline.stages.archive.tars import read_image
+        from pipeline.stages.archive.tarindex import read_image
 
         key = next(k for k, v in pristine.images.items() if v["tar"] and v["tar"][0] == "imageall_00004.tar")
         assert read_image(root, conn, *key) == pristine.jpeg[key]

@@ -61,7 +61,7 @@ def test_status_matches_the_original(original, adopted):
 
 
 def test_search_by_listing_finds_its_twin_and_opens_its_primary(original, adopted):
-    from pipeline.stages.archive.tars import read_member_at
+    from pipeline.stages.archive.tarmembers import read_member_at
 
     for a, b in list(original.twins.items())[:2]:
         proc = run_cli("search", "--listing", a, "-k", "3", "--json", root=adopted["root"])
@@ -81,7 +81,7 @@ def test_search_by_listing_finds_its_twin_and_opens_its_primary(original, adopte
 def test_every_image_opens_by_offset_and_loose_files_are_in_place(original, adopted):
     from pipeline.core.db import open_db
     from pipeline.stages.archive.primary import open_primary
-    from pipeline.stages.archive.tars import read_image
+    from pipeline.stages.archive.tarindex import read_image
 
     root = adopted["root"]
     conn = open_db(root)

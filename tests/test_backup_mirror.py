@@ -8,7 +8,10 @@ import sqlite3
 
 import pytest
 
-from pipeline.stages.backup.backup import backup_status, load_mirrors, mirror, verify_mirror
+from pipeline.stages.backup.mirror import mirror
+from pipeline.stages.backup.status import backup_status
+from pipeline.stages.backup.targets import load_mirrors
+from pipeline.stages.backup.verify import verify_mirror
 from pipeline.core.db import connect
 from tests.archive_support import add_images, cli, write_config, write_shard
 from tests.support import wait_for

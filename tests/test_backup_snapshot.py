@@ -12,8 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.stages.backup.backup import (backup_status, generations, load_targets, restore, snapshot,
-                             verify_generation)
+from pipeline.stages.backup.generations import generations
+from pipeline.stages.backup.restore import restore
+from pipeline.stages.backup.snapshot import snapshot
+from pipeline.stages.backup.status import backup_status
+from pipeline.stages.backup.targets import load_targets
+from pipeline.stages.backup.verify import verify_generation
 from pipeline.core.db import connect
 from tests.archive_support import (add_images, cli, fork_and_kill, grow_db, try_mount_tmpfs,
                                    umount, write_config, write_shard)
@@ -248,7 +252,7 @@ def test_enospc_in_the_middle_of_the_copy_is_a_clean_failure(tmp_root, tmp_path,
     assert _snap(root).ok
     good = generations(vol)[-1]
     grow_db(root, 3)
-    import pipeline.stages.backup.backup as backup
+    import pipeline.stages.backup.snapshot as backup
 
     monkeypatch.setattr(backup, "_free_bytes", lambda p: 10 ** 12)   # the pre-check is fooled
     out = _snap(root)
@@ -314,7 +318,7 @@ def test_one_inode_under_two_names_is_copied_once(tmp_path):
     one file too, instead of doubling those vectors on the backup disk."""
     import os
 
-    from pipeline.stages.backup.backup import verify_generation
+    from pipeline.stages.backup.verify import verify_generation
     from pipeline.core.db import open_db
     from pipeline.core.root import Root
     from tests.support import run_cli

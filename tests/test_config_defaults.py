@@ -8,10 +8,10 @@ import pytest
 from console.settings import ConsoleSettings
 from pipeline.models.bgremove import BgSettings
 from pipeline.core.config import Config, config_values, toml_defaults
-from pipeline.stages.download.downloader import Settings as DownloadSettings
+from pipeline.stages.download.settings import Settings as DownloadSettings
 from pipeline.models.registry import ModelSettings
 from pipeline.stages.orchestrate.settings import OrchestrateSettings
-from pipeline.search.engine import SearchSettings
+from pipeline.search.settings import SearchSettings
 from pipeline.index.searchindex import BuildSettings
 from pipeline.stages.worker.entry import WorkerSettings
 

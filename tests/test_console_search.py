@@ -88,7 +88,7 @@ def test_search_shows_cards_in_rank_order_and_more_like_this(tmp_path):
 
 def test_search_pane_finds_the_ground_truth_listing_first(tmp_path):
     """A synthetic collection whose answer is known (tests/index_support.py): the pane asks
-    the real pipeline.search.engine for listings like 101, and the other photos of the same object
+    the real pipeline.search.query for listings like 101, and the other photos of the same object
     (102, 103) come first."""
     from pipeline.index import IndexStore
     from tests.index_support import Collection, open_db

@@ -197,7 +197,8 @@ def test_low_disk_blocks_then_resumes_when_space_returns(tmp_root):
     import logging
 
     from pipeline.core.db import open_db
-    from pipeline.stages.download.downloader import Downloader, Settings
+    from pipeline.stages.download.downloader import Downloader
+    from pipeline.stages.download.settings import Settings
 
     root = tmp_root
     with ds.ImageServer() as server:

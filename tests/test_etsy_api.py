@@ -10,8 +10,10 @@ import requests
 from PIL import Image
 
 from etsy_support import KEY
-from pipeline.sandbox.catalogue import FURNITURE_ROOT, Catalogue
-from pipeline.sandbox.etsy_api import LocalEtsyAPI, parse_fault
+from pipeline.sandbox.catalogue import Catalogue
+from pipeline.sandbox.etsy_api import LocalEtsyAPI
+from pipeline.sandbox.etsy_faults import parse_fault
+from pipeline.sandbox.taxonomy import FURNITURE_ROOT
 
 REPO = Path(__file__).resolve().parent.parent
 H = {"x-api-key": KEY}
@@ -226,7 +228,7 @@ def test_drop_and_bad_fields():
         with pytest.raises(requests.ConnectionError):
             get(api, "/listings/active", limit=5)
     with LocalEtsyAPI(listings=20, api_key=KEY, faults={"bad_fields": 1.0}) as api:
-        from pipeline.etsy.client import validate_listing_page
+        from pipeline.etsy.shapes import validate_listing_page
 
         assert validate_listing_page(get(api, "/listings/active", limit=5).json())
 

@@ -9,8 +9,10 @@ import pytest
 
 from etsy_support import KEY
 from pipeline.core.errors import UserError
-from pipeline.etsy.client import (AuthError, ClientError, EtsyClient, QuotaExhausted, Redactor,
-                           RequestFailed, api_base_url, load_rate_config, read_api_key, shared_bucket)
+from pipeline.etsy.client import EtsyClient
+from pipeline.etsy.errors import AuthError, ClientError, QuotaExhausted, RequestFailed
+from pipeline.etsy.quota import shared_bucket
+from pipeline.etsy.settings import Redactor, api_base_url, load_rate_config, read_api_key
 from pipeline.sandbox.etsy_api import LocalEtsyAPI
 
 
@@ -166,7 +168,7 @@ def test_bad_items_after_retries_are_returned_for_the_caller_to_drop(log):
     with LocalEtsyAPI(listings=30, api_key=KEY, faults={"bad_fields": 1.0}) as api:
         c = client(api, log=log, max_attempts=2)
         page = c.find_active(967, None, None, limit=10)
-        from pipeline.etsy.client import validate_listing_page
+        from pipeline.etsy.shapes import validate_listing_page
 
         assert len(validate_listing_page(page)) == 1
 
@@ -232,7 +234,7 @@ def test_not_found_is_a_client_error():
 
 
 def test_stop_interrupts_waiting():
-    from pipeline.etsy.client import Stopped
+    from pipeline.etsy.errors import Stopped
 
     stop = threading.Event()
     with LocalEtsyAPI(listings=5, api_key=KEY, faults={"429": (1.0, 100)}, retry_after_s=30) as api:

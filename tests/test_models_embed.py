@@ -11,7 +11,8 @@ from PIL import Image
 
 import models_support as ms
 from conftest import REPO, cli_env
-from pipeline.models.registry import MODELS, ModelSet, ModelSettings
+from pipeline.models.loading import ModelSet
+from pipeline.models.registry import MODELS, ModelSettings
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,8 @@ def test_another_process_builds_the_same_weights(models):
     code = ("import io, sys, numpy as np; sys.path.insert(0, 'tests')\n"
             "import models_support as ms\n"
             "from PIL import Image\n"
-            "from pipeline.models.registry import ModelSet, ModelSettings\n"
+            "from pipeline.models.loading import ModelSet\n"
+            "from pipeline.models.registry import ModelSettings\n"
             "m = ModelSet(ModelSettings(profile='test', device='cpu'))\n"
             "im = Image.open(io.BytesIO(ms.furniture_jpeg(5))).convert('RGB')\n"
             "v = np.concatenate([m.get(n).embed_images([im])[0] for n in "

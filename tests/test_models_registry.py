@@ -11,7 +11,8 @@ import pytest
 from conftest import REPO, cli_env
 from pipeline.models import registry as models
 from pipeline.core.errors import UserError
-from pipeline.models.registry import (MODELS, VECTOR_DIMS, VECTOR_ORDER, ModelSet, ModelSettings,
+from pipeline.models.loading import ModelSet
+from pipeline.models.registry import (MODELS, VECTOR_DIMS, VECTOR_ORDER, ModelSettings,
                              fetch_instructions, get_spec, weights_present)
 
 
@@ -32,7 +33,8 @@ def test_registry_names_order_and_dims():
 
 
 def test_registry_imports_no_heavy_module():
-    code = ("import sys, pipeline.models.registry, pipeline.batches.batchfile, pipeline.models.bgremove, pipeline.models.embed, "
+    code = ("import sys, pipeline.models.registry, pipeline.batches.batchfile, pipeline.batches.results, "
+            "pipeline.models.bgremove, pipeline.models.embed, pipeline.models.loading, "
             "pipeline.models.testprofile, pipeline.stages.worker.entry, imageselector.commands.models\n"
             "heavy = [m for m in ('torch', 'open_clip', 'transformers', 'rembg', 'onnxruntime', "
             "'numpy', 'faiss') if m in sys.modules]\n"

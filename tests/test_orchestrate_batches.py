@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.core import db as dbm
 from pipeline.stages.orchestrate import hostops, scheduler
-from pipeline.stages.orchestrate.core import flush_path
+from pipeline.stages.orchestrate.files import flush_path
 from pipeline.stages.orchestrate.ledger import batch_name, parse_name, text_for
 from tests.orchestrate_support import (StubEmbedder, StubWorker, add_downloaded,
                                        assert_indexed_once, batches, db_root, heartbeat,

@@ -8,7 +8,11 @@ import pytest
 
 from pipeline.core.errors import UserError
 from pipeline.index import IndexStore
-from pipeline.search.engine import SearchEngine, SearchSettings, encode_text, evaluate, search
+from pipeline.search.encoders import encode_text
+from pipeline.search.engine import SearchEngine
+from pipeline.search.evaluate import evaluate
+from pipeline.search.query import search
+from pipeline.search.settings import SearchSettings
 from tests.index_support import DIMS, FP, ORDER, Collection, add_images, open_db
 from tests.support import run_cli
 

@@ -8,7 +8,9 @@ import pytest
 
 from pipeline.index import searchindex as si
 from pipeline.index import IndexStore
-from pipeline.search.engine import SearchEngine, SearchSettings, evaluate
+from pipeline.search.engine import SearchEngine
+from pipeline.search.evaluate import evaluate
+from pipeline.search.settings import SearchSettings
 from tests.index_support import FP, Collection, open_db
 
 pytestmark = pytest.mark.timeout(120)

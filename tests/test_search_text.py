@@ -16,7 +16,8 @@ TITLES = ["oak dining chair", "glass coffee table", "velvet sofa", "brass floor 
 
 
 def test_text_query_returns_clip_nearest_neighbours(tmp_root):
-    from pipeline.models.registry import ModelSet, ModelSettings
+    from pipeline.models.loading import ModelSet
+    from pipeline.models.registry import ModelSettings
 
     (tmp_root.path / "imageselector.toml").write_text(
         '[root]\nprofile = "sandbox"\n[models]\nprofile = "test"\n')

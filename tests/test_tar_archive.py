@@ -10,8 +10,9 @@ import tarfile
 import pytest
 
 from pipeline.core.db import connect
-from pipeline.stages.archive.tars import (Archiver, TarError, journal_path, read_image, read_member_at,
-                           tar_name, write_combined_index)
+from pipeline.stages.archive.tarindex import read_image, write_combined_index
+from pipeline.stages.archive.tarmembers import TarError, read_member_at, tar_name
+from pipeline.stages.archive.tars import Archiver, journal_path
 from tests.archive_support import add_images, fork_and_kill, write_config
 
 

@@ -7,7 +7,8 @@ import tarfile
 
 import pytest
 
-from pipeline.stages.archive.tars import TarError, safe_extract
+from pipeline.stages.archive.tarextract import safe_extract
+from pipeline.stages.archive.tarmembers import TarError
 
 
 def _add(tf, name, data=b"x", **kw):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import models_support as ms
-from pipeline.batches import batchfile
-from pipeline.batches.batchfile import (BatchError, ManifestRow, ResultError, ResultWriter, list_batches,
-                                list_results, read_batch, read_result, write_batch)
+from pipeline.batches import batchfile, results
+from pipeline.batches.batchfile import BatchError, ManifestRow, list_batches, read_batch, write_batch
+from pipeline.batches.results import ResultError, ResultWriter, list_results, read_result
 from pipeline.models.registry import VECTOR_DIMS, VECTOR_ORDER
 
 
@@ -101,7 +101,7 @@ def test_damaged_results_are_refused(tmp_path, damage, message):
 
 
 def test_rejection_result(tmp_path):
-    final = batchfile.write_rejection(tmp_path, "b9", "batch b9: duplicate image 1_2")
+    final = results.write_rejection(tmp_path, "b9", "batch b9: duplicate image 1_2")
     result = read_result(final)
     assert result.status == "rejected" and "duplicate image" in result.reason and result.ids == []
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 import models_support as ms
 from conftest import REPO, cli_env
-from pipeline.batches.batchfile import WorkerDirs, list_results, read_result, remove_tree
+from pipeline.batches.batchfile import WorkerDirs, remove_tree
+from pipeline.batches.results import list_results, read_result
 from pipeline.stages.worker.entry import DONE, REJECTED, SKIPPED, STOPPED, process_batch, work
 
 
@@ -152,7 +153,8 @@ def test_batch_with_a_result_already_is_only_cleaned_up(dirs, embedder):
 def test_model_major_order_gives_the_same_vectors(dirs, embedder):
     """unload_between_models (small GPUs) runs model by model over the batch."""
     from pipeline.models.embed import Embedder
-    from pipeline.models.registry import ModelSet, ModelSettings
+    from pipeline.models.loading import ModelSet
+    from pipeline.models.registry import ModelSettings
 
     unloading = Embedder(ModelSet(ModelSettings(profile="test", device="cpu",
                                                 unload_between_models=True)),

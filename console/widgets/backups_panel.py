@@ -36,7 +36,7 @@ def target_status(b: dict) -> tuple[str, str]:
         return "last run failed", "backup--failed"
     if age is None:
         return "never succeeded", "backup--failed"
-    if b["overdue"]:   # against its own schedule (pipeline.stages.backup.backup.backup_status)
+    if b["overdue"]:   # against its own schedule (pipeline.stages.backup.status.backup_status)
         return f"OVERDUE (every {fmt.duration(interval)})", "backup--overdue"
     return (f"ok (every {fmt.duration(interval)})" if interval else "ok"), "backup--ok"
 

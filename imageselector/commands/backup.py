@@ -9,7 +9,7 @@ from pipeline.core.fmt import date_time, duration, size
 
 
 def cmd_status(args) -> int:
-    from pipeline.stages.backup.backup import backup_status
+    from pipeline.stages.backup.status import backup_status
     from pipeline.core.db import open_db
     from pipeline.core.root import Root
 
@@ -45,8 +45,9 @@ def backup_lines(it: dict, indent: str = "") -> list[str]:
 
 
 def cmd_verify(args) -> int:
-    from pipeline.stages.backup.backup import (backup_lock, load_mirrors, load_targets, verify_mirror,
-                                 verify_target)
+    from pipeline.stages.backup.records import backup_lock
+    from pipeline.stages.backup.targets import load_mirrors, load_targets
+    from pipeline.stages.backup.verify import verify_mirror, verify_target
     from pipeline.core.db import open_db
     from pipeline.core.errors import UserError
     from pipeline.core.root import Root
@@ -82,7 +83,8 @@ def cmd_verify(args) -> int:
 
 
 def cmd_restore(args) -> int:
-    from pipeline.stages.backup.backup import find_target, pick_generation, restore
+    from pipeline.stages.backup.restore import pick_generation, restore
+    from pipeline.stages.backup.targets import find_target
     from pipeline.core.root import Root
 
     root = Root.open(args.root, create=False)
@@ -94,7 +96,8 @@ def cmd_restore(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from pipeline.stages.backup.backup import generations, load_targets
+    from pipeline.stages.backup.generations import generations
+    from pipeline.stages.backup.targets import load_targets
     from pipeline.core.fsutil import read_json_or_none
     from pipeline.core.root import Root
 

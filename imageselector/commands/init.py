@@ -12,7 +12,7 @@ def _client(root):
 
 
 def cmd_price_breaks(args) -> int:
-    from pipeline.etsy.client import EtsyError, QuotaExhausted
+    from pipeline.etsy.errors import EtsyError, QuotaExhausted
     from pipeline.stages.sync.pricebreaks import price_breaks_from_api, write_band_config
     from pipeline.core.root import Root
 
@@ -44,7 +44,7 @@ def cmd_price_breaks(args) -> int:
 def cmd_taxonomy(args) -> int:
     import json
 
-    from pipeline.etsy.client import EtsyError
+    from pipeline.etsy.errors import EtsyError
     from pipeline.core.fsutil import atomic_write_bytes
     from pipeline.core.root import Root
     from pipeline.stages.sync.store import find_subtree

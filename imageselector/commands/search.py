@@ -38,10 +38,12 @@ def cmd_search(args) -> int:
         for row in done:
             print(json.dumps(row, default=str))
         return 0
-    from pipeline.search.engine import search
+    from pipeline.search.query import search
+    from pipeline.stages.archive.primary import primary_location
 
     results, warnings = search(root, text=args.text, image=args.image, listing=args.listing,
-                               image_id=args.image_id, k=args.k, models=_models(args.models))
+                               image_id=args.image_id, k=args.k, models=_models(args.models),
+                               locate=primary_location)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     if args.json:
@@ -65,7 +67,8 @@ def cmd_search(args) -> int:
 
 
 def _cmd_eval(root, args) -> int:
-    from pipeline.search.engine import SearchEngine, evaluate
+    from pipeline.search.engine import SearchEngine
+    from pipeline.search.evaluate import evaluate
 
     if not 1 <= args.queries <= 100_000:
         raise UserError(f"--queries must be between 1 and 100000, got {args.queries}")

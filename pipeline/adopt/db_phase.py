@@ -152,7 +152,7 @@ class DBPhase:
 
     def _range_tar_problem(self, global_row: int) -> str:
         """Why the tar of a tarred image's row range holds it not (for its reason)."""
-        from pipeline.stages.archive.tars import tar_name
+        from pipeline.stages.archive.tarmembers import tar_name
 
         if self._tar_status is None:
             self._tar_status = {}

@@ -40,7 +40,7 @@ from pipeline.adopt.tar_phase import TarPhase
 from pipeline.core.errors import UserError
 from pipeline.core.fsutil import atomic_write_json
 from pipeline.stages.archive.primary import PRIMARY_RE
-from pipeline.stages.archive.tars import TAR_RE
+from pipeline.stages.archive.tarmembers import TAR_RE
 
 RUN_KEY = "adopt"
 
@@ -257,7 +257,8 @@ class Adoption(ShardPhase, TarPhase, DBPhase, PrimaryPhase):
             if numbers:  # adopted shards of an earlier run: the same fingerprint
                 fp = Shard(store.base, numbers[-1]).load(repair=False).fingerprint
         if not fp:
-            from pipeline.models.registry import ModelSet, ModelSettings
+            from pipeline.models.loading import ModelSet
+            from pipeline.models.registry import ModelSettings
 
             try:
                 fp = ModelSet(ModelSettings.from_config(self.root.config, self.root.profile)).fingerprint()
@@ -379,7 +380,7 @@ class Adoption(ShardPhase, TarPhase, DBPhase, PrimaryPhase):
         if self.dry:
             self.report.finish()
             return
-        from pipeline.stages.archive.tars import final_tars, write_combined_index
+        from pipeline.stages.archive.tarindex import final_tars, write_combined_index
 
         with dbm.transaction(self.conn):
             self.conn.execute(

@@ -12,7 +12,7 @@ from pipeline.adopt import tars as tz
 from pipeline.adopt.files import place
 from pipeline.adopt.jsonstream import JSONShapeError, iter_member
 from pipeline.adopt.report import ItemLog
-from pipeline.stages.archive.tars import TAR_RE
+from pipeline.stages.archive.tarmembers import TAR_RE
 
 
 class TarPhase:
@@ -69,7 +69,8 @@ class TarPhase:
                      [(a, b, name, f"its tar {name} is missing") for a, b in keys], status="missing")
 
     def _tar(self, name: str, mapping: dict | None, rel: str, index_present: bool) -> None:
-        from pipeline.stages.archive.tars import idx_members, read_idx, tar_number, write_idx
+        from pipeline.stages.archive.tarindex import idx_members, read_idx, write_idx
+        from pipeline.stages.archive.tarmembers import tar_number
 
         item = f"tar:{name}"
         if self._item_done(item) is not None:

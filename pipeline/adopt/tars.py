@@ -20,7 +20,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.stages.archive.tars import BLOCK, RECORD, Member
+from pipeline.stages.archive.tarmembers import BLOCK, RECORD, Member
 
 NAME_SUFFIX = ".jpg"
 
@@ -37,7 +37,7 @@ class Walked:
 @dataclass
 class TarCheck:
     path: Path
-    members: list = field(default_factory=list)     # pipeline.stages.archive.tars.Member, file order
+    members: list = field(default_factory=list)     # pipeline.stages.archive.tarmembers.Member, file order
     problems: list = field(default_factory=list)    # refuse the tar
     issues: list = field(default_factory=list)      # index disagreements (tar still adopted)
     end: int = 0                                    # end of the last member (padded)

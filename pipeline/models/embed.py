@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from pipeline.models.registry import VECTOR_DIMS, VECTOR_ORDER, ModelSet
+from pipeline.models.loading import ModelSet
+from pipeline.models.registry import VECTOR_DIMS, VECTOR_ORDER
 
 
 class Stopped(Exception):

@@ -17,7 +17,8 @@ import tempfile
 import zlib
 from pathlib import Path
 
-from pipeline.models.registry import LoadedModel, ModelSpec, hf_preprocess
+from pipeline.models.loaded import LoadedModel, hf_preprocess
+from pipeline.models.registry import ModelSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,4 +1,5 @@
-"""A deterministic synthetic furniture catalogue for the local Etsy API, and its pictures.
+"""A deterministic synthetic furniture catalogue for the local Etsy API: its listings, shops,
+reviews and images (metadata; the pictures themselves are drawn by pictures.py).
 
 Everything follows from ``(seed, listings, epoch)``: the same arguments give the same
 listings, shops, reviews and image bytes. The per-listing essentials (taxonomy, price,
@@ -6,9 +7,7 @@ timestamps, shop, image count) are small arrays built up front, so a catalogue o
 100,000 listings costs a fraction of a second; the full JSON objects and the pictures are
 made only when asked for.
 
-The taxonomy ids are Etsy's real furniture subtree (root 967, ``data/db/
-furniture_taxonomy_ids.json``); the names and the exact parent of each node are a
-plausible reconstruction (the ids come as a flat pre-order list).
+The taxonomy is Etsy's real furniture subtree (taxonomy.py).
 
 Ground truth for tests: ``expected()`` (every listing with its images, primary, shop),
 ``shop()``, ``reviews()``, ``similar_groups()`` (listings whose primary images show the
@@ -18,79 +17,20 @@ same object from a slightly different angle, on a different background), ``image
 from __future__ import annotations
 
 import bisect
-import hashlib
-import io
 import math
-import random
 import time
-from dataclasses import dataclass
 from functools import lru_cache
 
-FURNITURE_ROOT = 967
+from pipeline.sandbox.pictures import placeholder_jpeg, render_picture
+from pipeline.sandbox.seeded import stable_hash01, stable_rng
+from pipeline.sandbox.taxonomy import FURNITURE_ROOT, TAXONOMY, Node
+
 LISTING_ID_BASE = 1_500_000_000
 IMAGE_ID_BASE = 4_000_000_000
 IMAGES_PER_LISTING_MAX = 16          # image ids are IMAGE_ID_BASE + index * 16 + k
 SHOP_ID_BASE = 20_000_000
 USER_ID_BASE = 600_000_000
 DAY = 86400
-
-# (id, parent, name, shape of the furniture drawn for its listings). Pre-order.
-TAXONOMY: list[tuple[int, int | None, str, str]] = [
-    (891, None, "Home & Living", ""),
-    (967, 891, "Furniture", "table"),
-    (968, 967, "Bedroom Furniture", "bed"),
-    (969, 968, "Beds & Headboards", "bed"),
-    (12455, 969, "Bed Frames", "bed"),
-    (12456, 969, "Headboards", "bed"),
-    (970, 968, "Dressers & Armoires", "cabinet"),
-    (972, 968, "Nightstands", "cabinet"),
-    (971, 968, "Wardrobes", "cabinet"),
-    (12470, 968, "Bed Benches", "bench"),
-    (973, 967, "Kitchen & Dining Furniture", "table"),
-    (974, 973, "Buffets & China Cabinets", "cabinet"),
-    (975, 973, "Dining Chairs", "chair"),
-    (976, 973, "Dining Sets", "table"),
-    (977, 973, "Dining Tables", "table"),
-    (11837, 973, "Bar Carts", "shelf"),
-    (978, 973, "Kitchen Islands", "table"),
-    (979, 967, "Entryway Furniture", "bench"),
-    (12403, 979, "Coat Racks", "lamp"),
-    (12405, 979, "Entryway Benches", "bench"),
-    (12406, 979, "Hall Trees", "shelf"),
-    (980, 967, "Living Room Furniture", "sofa"),
-    (981, 980, "Armchairs", "chair"),
-    (982, 980, "Coffee Tables", "table"),
-    (983, 980, "Console Tables", "table"),
-    (985, 980, "Couches & Sofas", "sofa"),
-    (986, 980, "End Tables", "table"),
-    (987, 980, "Ottomans & Poufs", "stool"),
-    (988, 980, "TV Stands", "cabinet"),
-    (989, 967, "Home Office Furniture", "desk"),
-    (990, 989, "Desks", "desk"),
-    (12369, 990, "Standing Desks", "desk"),
-    (12370, 990, "Writing Desks", "desk"),
-    (991, 989, "Office Chairs", "chair"),
-    (992, 989, "Filing Cabinets", "cabinet"),
-    (993, 967, "Storage & Organization", "shelf"),
-    (12371, 993, "Cubbies", "shelf"),
-    (12372, 993, "Storage Benches", "bench"),
-    (994, 967, "Outdoor Furniture", "bench"),
-    (11355, 994, "Adirondack Chairs", "chair"),
-    (11356, 994, "Hammocks", "bench"),
-    (998, 994, "Patio Sets", "table"),
-    (996, 994, "Outdoor Benches", "bench"),
-    (12468, 994, "Outdoor Tables", "table"),
-    (12216, 994, "Porch Swings", "bench"),
-    (997, 994, "Garden Chairs", "chair"),
-    (999, 967, "Nursery & Kids' Furniture", "crib"),
-    (1000, 999, "Cribs", "crib"),
-    (1001, 999, "Kids' Chairs", "chair"),
-    (12408, 999, "Changing Tables", "cabinet"),
-    (1029, 891, "Home Decor", "lamp"),
-    (1030, 1029, "Lamps", "lamp"),
-    (66, None, "Art & Collectibles", ""),
-    (67, 66, "Prints", ""),
-]
 
 _ADJECTIVES = ["Vintage", "Modern", "Rustic", "Handmade", "Mid-Century", "Scandinavian",
                "Industrial", "Farmhouse", "Minimalist", "Boho", "Classic", "Reclaimed"]
@@ -102,27 +42,6 @@ _WHEN = ["made_to_order", "2020_2026", "2010_2019", "1990s", "1970s", "1960s"]
 _WHO = ["i_did", "someone_else", "collective"]
 _WORDS = ("great lovely sturdy beautiful solid smooth fast shipping quality perfect exactly "
           "described seller recommend happy color finish wood size fits room").split()
-_SIZES = {"75x75": (75, 75), "170x135": (170, 135)}
-
-
-@dataclass(frozen=True)
-class Node:
-    id: int
-    parent: int | None
-    name: str
-    shape: str
-    level: int
-    path: tuple[int, ...]
-
-
-def _rng(*parts) -> random.Random:
-    """A generator seeded by a stable string (never Python's randomised hash)."""
-    return random.Random(":".join(str(p) for p in parts))
-
-
-def _hash01(*parts) -> float:
-    digest = hashlib.blake2b(":".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0 ** 64
 
 
 def _away_from(offset: float, marks: tuple[float, ...], gap: float) -> float:
@@ -173,7 +92,7 @@ class Catalogue:
 
     # ---- the per-listing essentials ------------------------------------------------
     def _build_core(self, big_leaf) -> None:
-        rng = _rng("core", self.seed)
+        rng = stable_rng("core", self.seed)
         weights = [1.0 + (i % 5) for i in range(len(self.leaves))]
         cum = []
         total = 0.0
@@ -217,7 +136,7 @@ class Catalogue:
         members = min(self.n_base, n_groups * size)
         if members < 2:
             return
-        picked = _rng("groups", self.seed).sample(range(self.n_base), members)
+        picked = stable_rng("groups", self.seed).sample(range(self.n_base), members)
         for k, index in enumerate(picked):
             self.group_of[index] = k // size
 
@@ -312,7 +231,7 @@ class Catalogue:
 
     def image(self, index: int, k: int) -> dict:
         iid = self.image_id(index, k)
-        rng = _rng("img", self.seed, iid)
+        rng = stable_rng("img", self.seed, iid)
         width = rng.randrange(900, 1601, 10)
         height = int(width * rng.choice((0.75, 0.8, 1.0, 1.25)))
         ext = "png" if rng.random() < 0.15 else "jpg"
@@ -337,11 +256,11 @@ class Catalogue:
         }
 
     def image_format(self, image_id: int) -> str:
-        return "png" if _rng("img", self.seed, image_id).random() < 0.15 else "jpeg"
+        return "png" if stable_rng("img", self.seed, image_id).random() < 0.15 else "jpeg"
 
     def image_kind(self, image_id: int) -> str:
         """ok, placeholder (Etsy's tiny stand-in, <= 1,000 bytes) or missing (404)."""
-        x = _hash01("kind", self.seed, image_id)
+        x = stable_hash01("kind", self.seed, image_id)
         if x < self.missing_fraction:
             return "missing"
         if x < self.missing_fraction + self.placeholder_fraction:
@@ -349,7 +268,7 @@ class Catalogue:
         return "ok"
 
     def shop(self, s: int) -> dict:
-        rng = _rng("shop", self.seed, s)
+        rng = stable_rng("shop", self.seed, s)
         mine = self.shop_listings.get(s, [])
         reviews = self.review_count(s)
         country = rng.choice(_COUNTRIES)
@@ -378,7 +297,7 @@ class Catalogue:
     def review_count(self, s: int) -> int:
         if not self.shop_listings.get(s):
             return 0
-        return _rng("nrev", self.seed, s).choice((0, 0, 1, 2, 3, 5, 8, 12))
+        return stable_rng("nrev", self.seed, s).choice((0, 0, 1, 2, 3, 5, 8, 12))
 
     def reviews(self, s: int) -> list[dict]:
         """The shop's TransactionReviews, newest first (creation times are distinct)."""
@@ -426,11 +345,11 @@ class Catalogue:
         if kind == "missing":
             return None
         if kind == "placeholder":
-            return _placeholder(), "image/jpeg"
+            return placeholder_jpeg(), "image/jpeg"
         index, k = where
         meta = self.image(index, k)
         fmt = "png" if meta["url_570xN"].endswith(".png") else "jpeg"
-        data = _render_cached(self.seed, image_id, self._scene(index, k), size,
+        data = render_picture(self.seed, image_id, self._scene(index, k), size,
                               meta["full_width"], meta["full_height"], fmt)
         return data, f"image/{fmt}"
 
@@ -448,7 +367,7 @@ class Catalogue:
 
 @lru_cache(maxsize=4096)
 def _listing_cached(cat: Catalogue, index: int) -> dict:
-    rng = _rng("listing", cat.seed, index)
+    rng = stable_rng("listing", cat.seed, index)
     node = cat.nodes[cat.tax[index]]
     noun = node.name.rstrip("s") if not node.name.endswith("ss") else node.name
     material = rng.choice(_MATERIALS)
@@ -492,7 +411,7 @@ def _listing_cached(cat: Catalogue, index: int) -> dict:
 def _reviews_cached(cat: Catalogue, s: int) -> tuple:
     n = cat.review_count(s)
     mine = cat.shop_listings.get(s, [])
-    rng = _rng("reviews", cat.seed, s)
+    rng = stable_rng("reviews", cat.seed, s)
     out = []
     t = cat.epoch - rng.randrange(3600, 20 * DAY)
     for j in range(n):
@@ -508,171 +427,3 @@ def _reviews_cached(cat: Catalogue, s: int) -> tuple:
         })
         t -= rng.randrange(3600, 15 * DAY)
     return tuple(out)
-
-
-# ---------------------------------------------------------------------------
-# Pictures: a furniture-like shape on a background, deterministic per image.
-# ---------------------------------------------------------------------------
-@lru_cache(maxsize=1)
-def _placeholder() -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (75, 75), (221, 221, 221)).save(buf, "JPEG", quality=30)
-    return buf.getvalue()
-
-
-def _palette(rng: random.Random) -> tuple:
-    wood = [(120, 72, 40), (164, 116, 73), (94, 60, 38), (196, 160, 110), (60, 40, 30)]
-    paint = [(40, 60, 90), (150, 40, 40), (60, 110, 80), (220, 200, 170), (30, 30, 30), (200, 120, 60)]
-    main = rng.choice(wood + paint)
-    accent = rng.choice(wood + paint)
-    return main, accent
-
-
-def _background(rng: random.Random, w: int, h: int):
-    from PIL import Image, ImageDraw
-
-    style = rng.choice(("solid", "gradient", "room", "noise", "stripes"))
-    c1 = tuple(rng.randrange(150, 256) for _ in range(3))
-    c2 = tuple(rng.randrange(60, 220) for _ in range(3))
-    if style == "solid":
-        return Image.new("RGB", (w, h), c1)
-    if style == "gradient":
-        mask = Image.linear_gradient("L").resize((w, h))
-        return Image.composite(Image.new("RGB", (w, h), c2), Image.new("RGB", (w, h), c1), mask)
-    if style == "room":
-        img = Image.new("RGB", (w, h), c1)
-        floor = int(h * rng.uniform(0.6, 0.8))
-        ImageDraw.Draw(img).rectangle((0, floor, w, h), fill=c2)
-        return img
-    if style == "noise":
-        noise = Image.effect_noise((w, h), rng.uniform(20, 60)).convert("RGB")
-        return Image.blend(Image.new("RGB", (w, h), c1), noise, 0.25)
-    img = Image.new("RGB", (w, h), c1)
-    draw = ImageDraw.Draw(img)
-    step = max(4, int(w * rng.uniform(0.04, 0.12)))
-    for x in range(0, w, step * 2):
-        draw.rectangle((x, 0, x + step - 1, h), fill=c2)
-    return img
-
-
-def _draw_object(draw, shape: str, rng: random.Random, box: tuple[float, float, float, float]) -> None:
-    """Draw one furniture-like object inside box (x0, y0, x1, y1), in pixels."""
-    x0, y0, x1, y1 = box
-    w, h = x1 - x0, y1 - y0
-    main, accent = _palette(rng)
-    leg = max(2, int(w * rng.uniform(0.03, 0.06)))
-
-    def rect(a, b, c, d, fill):
-        draw.rectangle((x0 + a * w, y0 + b * h, x0 + c * w, y0 + d * h), fill=fill)
-
-    if shape == "chair":
-        rect(0.2, 0.0, 0.3, 0.55, main)                      # back post
-        rect(0.2, 0.05, 0.75, 0.3, accent)                   # back rest
-        rect(0.2, 0.5, 0.8, 0.6, main)                       # seat
-        for x in (0.22, 0.72):
-            draw.rectangle((x0 + x * w, y0 + 0.6 * h, x0 + x * w + leg, y1), fill=main)
-    elif shape == "sofa":
-        rect(0.0, 0.35, 1.0, 0.85, main)
-        rect(0.05, 0.15, 0.95, 0.45, accent)
-        rect(0.0, 0.3, 0.12, 0.85, main)
-        rect(0.88, 0.3, 1.0, 0.85, main)
-        for x in (0.05, 0.9):
-            draw.rectangle((x0 + x * w, y0 + 0.85 * h, x0 + x * w + leg, y1), fill=(40, 30, 20))
-    elif shape == "cabinet":
-        rect(0.1, 0.05, 0.9, 0.9, main)
-        n = rng.randrange(2, 5)
-        for j in range(n):
-            top = 0.1 + j * 0.78 / n
-            rect(0.15, top, 0.85, top + 0.78 / n - 0.03, accent)
-            cx, cy = x0 + 0.5 * w, y0 + (top + 0.39 / n) * h
-            draw.ellipse((cx - leg, cy - leg, cx + leg, cy + leg), fill=(200, 190, 150))
-        for x in (0.12, 0.83):
-            draw.rectangle((x0 + x * w, y0 + 0.9 * h, x0 + x * w + leg, y1), fill=main)
-    elif shape == "bed":
-        rect(0.0, 0.1, 0.12, 0.9, main)                      # headboard
-        rect(0.05, 0.5, 1.0, 0.75, accent)                   # mattress
-        rect(0.05, 0.72, 1.0, 0.85, main)                    # frame
-        rect(0.12, 0.42, 0.35, 0.52, (240, 240, 240))        # pillow
-    elif shape == "shelf":
-        rect(0.15, 0.0, 0.2, 1.0, main)
-        rect(0.8, 0.0, 0.85, 1.0, main)
-        n = rng.randrange(3, 6)
-        for j in range(n):
-            y = (j + 1) / (n + 1)
-            rect(0.15, y, 0.85, y + 0.03, main)
-            for b in range(rng.randrange(1, 6)):
-                bx = 0.22 + b * 0.1
-                rect(bx, y - rng.uniform(0.08, 0.15), bx + 0.07, y, tuple(rng.randrange(256) for _ in range(3)))
-    elif shape == "lamp":
-        rect(0.35, 0.9, 0.65, 1.0, main)
-        rect(0.48, 0.3, 0.52, 0.9, main)
-        draw.polygon([(x0 + 0.3 * w, y0 + 0.3 * h), (x0 + 0.7 * w, y0 + 0.3 * h),
-                      (x0 + 0.6 * w, y0), (x0 + 0.4 * w, y0)], fill=accent)
-    elif shape == "stool":
-        draw.ellipse((x0 + 0.1 * w, y0 + 0.3 * h, x0 + 0.9 * w, y0 + 0.5 * h), fill=accent)
-        rect(0.1, 0.4, 0.9, 0.9, main)
-        draw.ellipse((x0 + 0.1 * w, y0 + 0.8 * h, x0 + 0.9 * w, y0 + h), fill=main)
-    elif shape == "desk":
-        rect(0.0, 0.3, 1.0, 0.38, main)
-        rect(0.65, 0.38, 0.95, 0.95, accent)
-        rect(0.05, 0.38, 0.05 + leg / max(w, 1), 1.0, main)
-    elif shape == "crib":
-        rect(0.0, 0.2, 1.0, 0.26, main)
-        rect(0.0, 0.8, 1.0, 0.86, main)
-        for j in range(12):
-            x = j / 11 * 0.96
-            rect(x, 0.2, x + 0.03, 1.0, main)
-        rect(0.05, 0.7, 0.95, 0.8, accent)
-    elif shape == "bench":
-        rect(0.0, 0.45, 1.0, 0.58, main)
-        for x in (0.05, 0.9):
-            draw.rectangle((x0 + x * w, y0 + 0.58 * h, x0 + x * w + 2 * leg, y1), fill=accent)
-    else:  # table
-        rect(0.0, 0.3, 1.0, 0.4, main)
-        for x in (0.04, 0.9):
-            draw.rectangle((x0 + x * w, y0 + 0.4 * h, x0 + x * w + 2 * leg, y1), fill=accent)
-
-
-@lru_cache(maxsize=512)
-def _render_cached(seed: int, image_id: int, scene: tuple, size: str, full_w: int, full_h: int,
-                   fmt: str) -> bytes:
-    from PIL import Image, ImageDraw, ImageOps
-
-    if size == "fullxfull":  # drawn at most 800 wide, then scaled up: big but cheap
-        w, h = min(full_w, 800), max(1, round(min(full_w, 800) * full_h / full_w))
-    elif size == "570xN":
-        w, h = 570, max(1, round(570 * full_h / full_w))
-    else:  # the small sizes are cropped from a picture of the full shape
-        w, h = 400, max(1, round(400 * full_h / full_w))
-    obj_seed, shape, view_seed = scene
-    view = _rng("view", seed, view_seed)
-    img = _background(view, w, h)
-    layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
-    side = min(w, h)
-    ow, oh = side * 0.62, side * 0.62
-    _draw_object(ImageDraw.Draw(layer), shape, _rng("object", seed, obj_seed),
-                 ((w - ow) / 2, (h - oh) / 2, (w + ow) / 2, (h + oh) / 2))
-    # A slightly different camera: small rotation, shear, scale and shift.
-    angle = view.uniform(-8, 8)
-    layer = layer.rotate(angle, resample=Image.BICUBIC, center=(w / 2, h / 2))
-    scale = view.uniform(0.88, 1.1)
-    shear = view.uniform(-0.12, 0.12)
-    dx, dy = view.uniform(-0.06, 0.06) * w, view.uniform(-0.04, 0.04) * h
-    a, b = 1 / scale, shear / scale
-    c = w / 2 - a * w / 2 - b * h / 2 - dx
-    e = 1 / scale
-    f = h / 2 - e * h / 2 - dy
-    layer = layer.transform((w, h), Image.AFFINE, (a, b, c, 0, e, f), resample=Image.BILINEAR)
-    img.paste(layer, (0, 0), layer)
-    if size in _SIZES:
-        img = ImageOps.fit(img, _SIZES[size], method=Image.BILINEAR)
-    elif size == "fullxfull" and (w, h) != (full_w, full_h):
-        img = img.resize((full_w, full_h), Image.BILINEAR)
-    buf = io.BytesIO()
-    if fmt == "png":
-        img.save(buf, "PNG", compress_level=1)
-    else:
-        img.save(buf, "JPEG", quality=88)
-    return buf.getvalue()

@@ -1,16 +1,5 @@
-"""Ensemble similarity search over the index store (issue 7).
-
-Each model's index (every shard of it) returns its top ``depth`` images for the query vector
-of that model. The fusion is reciprocal-rank fusion:
-
-    fused(image) = sum over the models that returned it of  weight_m / (rrf_k + rank_m)
-
-and ``agree`` is the number of models that returned it. With ``agree_first`` (the default)
-results are ordered by (agree, fused), so an image found by several models outranks one
-found by a single model, as the seed asks; ``min_agree`` drops images found by fewer
-models. One result per listing: the listing's best image by the same order. Each result
-carries the listing's title, price and shop from the DB, the listing's primary image as
-``{"path", "offset", "size"}``, the fused score and each model's rank and score.
+"""The search engine: the loaded shards, the cross-shard search indexes, per-model search and
+the fused search over query vectors (issue 7).
 
 Indexes are loaded once (flat files memory-mapped) and re-checked before every query by
 the shards' manifest and derived-state signatures, so a new import is picked up without a
@@ -29,8 +18,9 @@ Smaller collections are searched exactly (or in the per-shard types of ``index.t
 Models (and, without a search index, their shards) are searched in parallel threads, one
 OpenMP thread each (faiss and numpy release the GIL).
 
-The core (``SearchEngine.search_vectors``) takes query vectors; ``encode_text`` and
-``encode_image`` turn a text or an image file into them with the registry's models.
+The core (``SearchEngine.search_vectors``) takes query vectors; the fusion is in
+pipeline/search/fusion.py, the query encoders in pipeline/search/encoders.py and the
+one-query entry point in pipeline/search/query.py.
 """
 from __future__ import annotations
 
@@ -42,53 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.config import config_values, toml_defaults
 from pipeline.core.errors import UserError
+from pipeline.search.fusion import ImageHit, best_per_listing, fuse
+from pipeline.search.settings import SearchSettings
 
 log = logging.getLogger("imageselector.search")
-
-CLIP_IMAGE = ("clip_vitb32", "clip_vitl14")
-
-
-@dataclass
-@toml_defaults("search")
-class SearchSettings:
-    weights: dict
-    rrf_k: int
-    depth: int
-    agree_first: bool
-    min_agree: int
-    text_indexes: bool
-    nprobe: int
-    ef_search: int
-    rerank: int
-    omp_threads: int
-    max_k: int
-    lock_wait_s: float
-    threads: int
-    index_type: str
-    index_min_rows: int
-    index_nlist: int
-    index_train_rows: int
-    index_max_lag: int
-    share_candidates: bool
-
-    @classmethod
-    def from_config(cls, config) -> "SearchSettings":
-        return cls(**config_values(cls, config))
-
-
-@dataclass
-class ImageHit:
-    global_row: int
-    listing_id: int
-    image_id: int
-    fused: float = 0.0
-    models: dict = field(default_factory=dict)   # model -> (rank, score)
-
-    @property
-    def agree(self) -> int:
-        return len(self.models)
 
 
 @dataclass
@@ -117,51 +65,6 @@ class _Cross:
     state_sig: object
     kind: str
 
-
-def image_models() -> list[str]:
-    from pipeline.models.registry import MODEL_NAMES
-
-    return list(MODEL_NAMES)
-
-
-def fuse(per_model: dict[str, list[tuple[int, float]]], ids_of, settings: SearchSettings,
-         exclude_listings=()) -> list[ImageHit]:
-    """Image-level fusion of each model's ranked (global_row, score) list, best first."""
-    hits: dict[int, ImageHit] = {}
-    excluded = {int(x) for x in exclude_listings}
-    for model, ranked in per_model.items():
-        weight = float(settings.weights.get(model, 1.0))
-        rank = 0
-        for grow, score in ranked:
-            lid, iid = ids_of(grow)
-            if lid in excluded:
-                continue
-            rank += 1
-            hit = hits.get(grow)
-            if hit is None:
-                hit = hits[grow] = ImageHit(grow, lid, iid)
-            hit.models[model] = (rank, float(score))
-            hit.fused += weight / (settings.rrf_k + rank)
-    out = [h for h in hits.values() if h.agree >= settings.min_agree]
-    out.sort(key=lambda h: _order_key(h, settings))
-    return out
-
-
-def _order_key(h: ImageHit, settings: SearchSettings):
-    return (-h.agree if settings.agree_first else 0, -h.fused, h.global_row)
-
-
-def best_per_listing(hits: list[ImageHit], k: int) -> list[ImageHit]:
-    """Hits are sorted best first: the first hit of each listing is its best image."""
-    seen, out = set(), []
-    for h in hits:
-        if h.listing_id in seen:
-            continue
-        seen.add(h.listing_id)
-        out.append(h)
-        if len(out) == k:
-            break
-    return out
 
 
 class SearchEngine:
@@ -592,215 +495,3 @@ def _one_omp_thread() -> None:
     import faiss
 
     faiss.omp_set_num_threads(1)
-
-
-# ---- queries by text, image file, listing --------------------------------------------
-
-def query_for_item(engine: SearchEngine, listing_id: int, image_id: int | None,
-                   models: list[str], max_images: int = 10) -> dict[str, np.ndarray]:
-    """The stored vectors of an indexed image, or of every indexed image of the listing
-    (up to ``max_images``; each model then keeps an image's best score over them): no
-    re-embedding."""
-    engine.refresh()
-    rows = engine.rows_of_listing(listing_id, image_id)[:max_images]
-    if not rows:
-        what = f"image {listing_id}_{image_id}" if image_id is not None else f"listing {listing_id}"
-        raise UserError(f"{what} is not in the index")
-    return {m: np.stack([engine.stored_vector(m, r) for r in rows]) for m in models}
-
-
-def encode_text(text: str, model_set, models: list[str]) -> dict[str, np.ndarray]:
-    """Both CLIP text towers; ``clip_x`` searches the image index with the text vector,
-    ``clip_x_text`` the text index."""
-    out = {}
-    for m in models:
-        base = m[:-len("_text")] if m.endswith("_text") else m
-        if base not in CLIP_IMAGE:
-            continue
-        if base not in out:
-            out[base] = model_set.get(base).embed_texts([text])[0]
-        out[m] = out[base]
-    return {m: out[m] for m in models if m in out}
-
-
-def encode_image(path: Path, model_set, remover, models: list[str]) -> dict[str, np.ndarray]:
-    """The pipeline's background removal, then each image model."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            image = im.convert("RGB")
-    except FileNotFoundError:
-        raise UserError(f"image {path} does not exist") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"{path} is not a readable image ({exc})") from None
-    image = remover.remove(image)
-    return {m: model_set.get(m).embed_images([image])[0] for m in models if not m.endswith("_text")}
-
-
-def default_models(kind: str, engine: SearchEngine, settings: SearchSettings) -> list[str]:
-    if kind == "text":
-        names = list(CLIP_IMAGE) + ([f"{m}_text" for m in CLIP_IMAGE] if settings.text_indexes else [])
-    else:
-        names = image_models()
-    return [m for m in names if m in engine.order] or names
-
-
-# ---- results with the DB's listing data -----------------------------------------------
-
-def primary_image(root, conn, listing_id: int, image_id: int | None = None) -> dict:
-    """Where the listing's primary image is: {"path", "offset", "size"} (DECISIONS.md).
-    The archive lookup (pipeline.stages.archive.primary) first, else the loose bg-removed file of the
-    primary image (or of ``image_id`` when the DB names no primary); nulls when none."""
-    try:
-        from pipeline.stages.archive.primary import primary_location
-    except ImportError:  # pragma: no cover - older trees
-        primary_location = None
-    if primary_location is not None:
-        try:
-            loc = primary_location(root, listing_id, conn)
-        except (UserError, OSError):
-            loc = None
-        if loc and loc.get("path") and Path(loc["path"]).exists():
-            return {"path": str(loc["path"]), "offset": loc.get("offset"), "size": loc.get("size")}
-    primary = None
-    if conn is not None:
-        row = conn.execute("SELECT image_id FROM images WHERE listing_id = ? AND is_primary = 1 "
-                           "ORDER BY rank LIMIT 1", (int(listing_id),)).fetchone()
-        primary = int(row[0]) if row else None
-    for iid in (primary, image_id):
-        if iid is None:
-            continue
-        path = root.bgremoved_dir / f"{int(listing_id)}_{int(iid)}.jpg"
-        if path.exists():
-            return {"path": str(path), "offset": None, "size": None}
-    return {"path": None, "offset": None, "size": None}
-
-
-def listing_info(conn, listing_id: int) -> dict:
-    info = {"title": None, "price": None, "currency": None, "shop": None}
-    if conn is None:
-        return info
-    row = conn.execute("SELECT s.title, h.shop_name FROM listings_static s LEFT JOIN "
-                       "shops_static h ON h.shop_id = s.shop_id WHERE s.listing_id = ?",
-                       (int(listing_id),)).fetchone()
-    if row:
-        info["title"], info["shop"] = row
-    row = conn.execute("SELECT price_amount, price_divisor, price_currency FROM listings_dynamic "
-                       "WHERE listing_id = ? ORDER BY snapshot_timestamp DESC LIMIT 1",
-                       (int(listing_id),)).fetchone()
-    if row and row[0] is not None:
-        info["price"] = round(row[0] / (row[1] or 1), 2)
-        info["currency"] = row[2]
-    return info
-
-
-def describe(hits: list[ImageHit], root, conn) -> list[dict]:
-    out = []
-    for h in hits:
-        item = {"listing_id": h.listing_id, "image_id": h.image_id,
-                "score": round(h.fused, 6), "agree": h.agree}
-        item.update(listing_info(conn, h.listing_id))
-        item["primary_image"] = primary_image(root, conn, h.listing_id, h.image_id)
-        item["models"] = {m: {"rank": r, "score": round(s, 6)} for m, (r, s) in h.models.items()}
-        out.append(item)
-    return out
-
-
-def search(root, *, text: str | None = None, image: str | Path | None = None,
-           listing: int | None = None, image_id: int | None = None, k: int = 10,
-           models: list[str] | None = None, engine: SearchEngine | None = None,
-           model_set=None, conn=None) -> tuple[list[dict], list[str]]:
-    """One query, as the CLI runs it: (results best first, warnings)."""
-    if sum(x is not None for x in (text, image, listing)) != 1:
-        raise UserError("give exactly one of --text, --image or --listing")
-    engine = engine or SearchEngine.for_root(root)
-    engine.check_k(k)
-    engine.refresh()
-    if not engine.loaded:
-        raise UserError(f"the index store {engine.base} is empty: nothing to search")
-    kind = "text" if text is not None else "image" if image is not None else "listing"
-    if models:
-        unknown = [m for m in models if m not in engine.order]
-        if unknown:
-            raise UserError(f"unknown model(s) {', '.join(unknown)} (indexes: {', '.join(engine.order)})")
-        if kind == "text" and any(m.split("_text")[0] not in CLIP_IMAGE for m in models):
-            raise UserError(f"a text query can use only the CLIP indexes: "
-                            f"{', '.join(m for m in engine.order if m.startswith('clip'))}")
-    names = list(models) if models else default_models(kind, engine, engine.settings)
-    warnings = []
-    refused = [m for m in names if m in engine.refused]
-    names = [m for m in names if m not in engine.refused]
-    warnings.extend(w for w in engine.warnings if any(f"model {m} " in w for m in refused)
-                    or "not in the derived" in w)
-    warnings.extend(w for w in engine.cross_warnings if any(w.startswith(f"model {m}:") for m in names))
-    if not names:
-        raise UserError("every model asked for is refused: " + "; ".join(engine.warnings))
-    exclude = ()
-    if kind == "listing":
-        queries = query_for_item(engine, int(listing), image_id, names)
-        exclude = (int(listing),)
-    elif kind == "text":
-        if not text or not text.strip():
-            raise UserError("the search text is empty")
-        queries = encode_text(text.strip(), model_set or _model_set(root), names)
-    else:
-        if not Path(image).is_file():
-            raise UserError(f"image {image} does not exist or is not a file")
-        queries = encode_image(Path(image), model_set or _model_set(root), _remover(root), names)
-    hits = engine.search_vectors(queries, k, exclude_listings=exclude)
-    own = conn is None
-    if own and root.db_path.exists():
-        from pipeline.core.db import open_db
-
-        conn = open_db(root)
-    try:
-        return describe(hits, root, conn), warnings
-    finally:
-        if own and conn is not None:
-            conn.close()
-
-
-def _model_set(root):
-    from pipeline.models.registry import ModelSet, ModelSettings
-
-    return ModelSet(ModelSettings.from_config(root.config, root.profile))
-
-
-def _remover(root):
-    from pipeline.models.bgremove import BackgroundRemover, settings_from_config
-
-    return BackgroundRemover(settings_from_config(root.config, root.config.get("models.profile")))
-
-
-# ---- quality: approximate against exact ------------------------------------------------
-
-def evaluate(engine: SearchEngine, n_queries: int = 100, k: int = 10,
-             models: list[str] | None = None, seed: int = 0) -> dict:
-    """recall@k of the configured indexes against exact search, per model and fused, with
-    stored vectors of random indexed images as queries."""
-    engine.refresh()
-    total = engine.total_rows()
-    if total == 0:
-        raise UserError("the index store is empty: nothing to evaluate")
-    names = [m for m in (models or image_models()) if m in engine.available]
-    rng = np.random.default_rng(seed)
-    rows = np.concatenate([np.arange(ls.rows) + ls.shard.first_global_row for ls in engine.loaded])
-    picks = rng.choice(rows, size=min(n_queries, total), replace=False)
-    per_model = {m: 0.0 for m in names}
-    fused = 0.0
-    for grow in picks.tolist():
-        queries = {m: engine.stored_vector(m, grow) for m in names}
-        for m in names:
-            a = {r for r, _ in engine.model_search(m, queries[m], k)}
-            e = {r for r, _ in engine.model_search(m, queries[m], k, exact=True)}
-            per_model[m] += len(a & e) / max(len(e), 1)
-        a = {h.listing_id for h in engine.search_vectors(queries, k)}
-        e = {h.listing_id for h in engine.search_vectors(queries, k, exact=True)}
-        fused += len(a & e) / max(len(e), 1)
-    n = len(picks)
-    return {"queries": n, "k": k, "per_model": {m: v / n for m, v in per_model.items()},
-            "fused": fused / n,
-            "types": {m: ([f"search index {engine.cross[m].kind}"] if m in engine.cross else
-                          sorted({ls.kinds.get(m, "?") for ls in engine.loaded})) for m in names}}

@@ -34,8 +34,8 @@ from typing import Callable
 
 from pipeline.core.errors import UserError
 from pipeline.core.fsutil import atomic_write_bytes, fsync_dir, read_json_or_none
-from pipeline.stages.archive.tars import (BLOCK, TarAborted, TarError, loose_path, member_name, read_member_at,
-                           write_members)
+from pipeline.stages.archive.tarindex import loose_path
+from pipeline.stages.archive.tarmembers import BLOCK, TarAborted, member_name, read_member_at, write_members
 
 PRIMARY_RE = re.compile(r"^imageprimary_(\d{5,})\.tar$")
 MAGIC = b"ISPRIM01"
@@ -197,7 +197,7 @@ def primary_location(root, listing_id: int, conn=None) -> dict | None:
                 "offset": rec.offset, "size": rec.size}
     if conn is None:
         return None
-    from pipeline.stages.archive.tars import image_location
+    from pipeline.stages.archive.tarindex import image_location
 
     row = conn.execute("SELECT image_id FROM images WHERE listing_id = ? AND is_primary = 1 "
                        "ORDER BY rank LIMIT 1", (int(listing_id),)).fetchone()

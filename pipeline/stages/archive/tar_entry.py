@@ -10,7 +10,9 @@ def add_arguments(parser) -> None:
 
 
 def run(ctx) -> int:
-    from pipeline.stages.archive.tars import Archiver, TarAborted, TarError, write_combined_index
+    from pipeline.stages.archive.tarindex import write_combined_index
+    from pipeline.stages.archive.tarmembers import TarAborted, TarError
+    from pipeline.stages.archive.tars import Archiver
 
     root = ctx.root
     if getattr(ctx.args, "rebuild_index", False):

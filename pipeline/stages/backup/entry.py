@@ -1,6 +1,6 @@
 """The backup stage (`imageselector run backup`, kill file KILL_BACKUP): snapshots of data/
-to the backup targets, then the mirrors and their verification (pipeline/stages/backup/backup.py). One
-round per run; the schedule runs it with `--job NAME` for the targets of that job."""
+to the backup targets (snapshot.py), then the mirrors (mirror.py) and their verification
+(verify.py). One round per run; the schedule runs it with `--job NAME` for the targets of that job."""
 from __future__ import annotations
 
 
@@ -15,8 +15,11 @@ def add_arguments(parser) -> None:
 def run(ctx) -> int:
     import time
 
-    from pipeline.stages.backup.backup import (close_interrupted, load_mirrors, load_targets, mirror,
-                                 snapshot, verify_mirror)
+    from pipeline.stages.backup.mirror import mirror
+    from pipeline.stages.backup.records import close_interrupted
+    from pipeline.stages.backup.snapshot import snapshot
+    from pipeline.stages.backup.targets import load_mirrors, load_targets
+    from pipeline.stages.backup.verify import verify_mirror
 
     args = ctx.args
     root = ctx.root
@@ -79,7 +82,7 @@ def preflight(root, argv: list[str]) -> tuple[list[str], bool]:
     writable? Returns the problems, and whether anything is left to run."""
     import argparse
 
-    from pipeline.stages.backup.backup import BackupError, check_destination, load_mirrors, load_targets
+    from pipeline.stages.backup.targets import BackupError, check_destination, load_mirrors, load_targets
 
     parser = argparse.ArgumentParser(add_help=False)
     add_arguments(parser)

@@ -17,7 +17,8 @@ def add_arguments(parser) -> None:
 
 
 def run(ctx) -> int:
-    from pipeline.stages.download.downloader import Downloader, Settings
+    from pipeline.stages.download.downloader import Downloader
+    from pipeline.stages.download.settings import Settings
 
     args = ctx.args
     settings = Settings.from_config(

@@ -22,7 +22,7 @@ def add_arguments(parser) -> None:
 
 def _api_key(ctx) -> str:
     from pipeline.core.errors import UserError
-    from pipeline.etsy.client import read_api_key
+    from pipeline.etsy.settings import read_api_key
 
     try:
         return read_api_key(ctx.config)
@@ -34,7 +34,8 @@ def _api_key(ctx) -> str:
 
 def run(ctx) -> int:
     from pipeline.core.errors import UserError
-    from pipeline.sandbox.etsy_api import parse_fault, serve
+    from pipeline.sandbox.etsy_api import serve
+    from pipeline.sandbox.etsy_faults import parse_fault
 
     args = ctx.args
     port = getattr(args, "port", None)

@@ -18,13 +18,14 @@ def add_arguments(parser) -> None:
 
 def on_driver_finished(root) -> None:
     """The crawl has ended: ask the running orchestrator for the last partial batch."""
-    from pipeline.stages.orchestrate.core import request_flush
+    from pipeline.stages.orchestrate.files import request_flush
 
     request_flush(root)
 
 
 def run(ctx) -> int:
-    from pipeline.stages.orchestrate.core import Orchestrator, request_flush
+    from pipeline.stages.orchestrate.core import Orchestrator
+    from pipeline.stages.orchestrate.files import request_flush
     from pipeline.stages.orchestrate.settings import OrchestrateSettings
 
     overrides = {}

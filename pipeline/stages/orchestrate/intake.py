@@ -13,15 +13,16 @@ import re
 import shutil
 from pathlib import Path
 
-from pipeline.batches import batchfile
-from pipeline.batches.batchfile import BatchResult, ManifestRow
+from pipeline.batches import batchfile, results
+from pipeline.batches.batchfile import ManifestRow
+from pipeline.batches.results import BatchResult
 from pipeline.core.fsutil import fsync_dir
 
 
 def verify(path: Path, manifest: list[ManifestRow] | None) -> BatchResult:
     """Checksums, shapes, unit norms, images, and the rows against the batch's manifest
-    (raises batchfile.ResultError)."""
-    return batchfile.read_result(Path(path), manifest)
+    (raises results.ResultError)."""
+    return results.read_result(Path(path), manifest)
 
 
 def place_images(result: BatchResult, target_dir: Path) -> int:

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.batches import batchfile
+from pipeline.batches import batchfile, results
 from pipeline.batches.batchfile import ManifestRow
 from pipeline.core.fsutil import fsync_dir
 from pipeline.stages.orchestrate import hostops
@@ -381,7 +381,7 @@ class WorkerLink:
 
     def _fetch_direct(self, name: str) -> Path:
         path = Path(self.transport.join(batchfile.OUTBOX, name))
-        if not (path / batchfile.RESULT).is_file():
+        if not (path / results.RESULT).is_file():
             raise OpFailed(f"{self.name}: no result for {name} in {path.parent}")
         return path
 
@@ -389,7 +389,7 @@ class WorkerLink:
         in_dir = self.spool / "in"
         in_dir.mkdir(parents=True, exist_ok=True)
         final = in_dir / name
-        if (final / batchfile.RESULT).is_file():
+        if (final / results.RESULT).is_file():
             return final                      # fetched before a restart: complete (renamed)
         packed = self.hostop("pack", name=name)
         local_tar = in_dir / f"{name}.tar"

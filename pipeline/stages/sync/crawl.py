@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, field
 
 from pipeline.core.db import get_state, open_db, put_state, retry_on_busy, transaction
-from pipeline.etsy.client import (AuthError, ClientError, EtsyClient, QuotaExhausted, listing_problem,
-                           review_problem)
+from pipeline.etsy.client import EtsyClient
+from pipeline.etsy.errors import AuthError, ClientError, QuotaExhausted
+from pipeline.etsy.shapes import listing_problem, review_problem
 from pipeline.stages.sync import store, units
 from pipeline.stages.sync.crew import Crew
 

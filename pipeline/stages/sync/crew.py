@@ -12,7 +12,7 @@ import threading
 import traceback
 from typing import Callable
 
-from pipeline.etsy.client import AuthError, ClientError, EtsyError, QuotaExhausted, RequestFailed, Stopped
+from pipeline.etsy.errors import AuthError, ClientError, EtsyError, QuotaExhausted, RequestFailed, Stopped
 
 
 class Crew:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.batches import batchfile
+from pipeline.batches import batchfile, results
 from pipeline.core.config import config_values, toml_defaults
 from pipeline.batches.batchfile import BatchError, WorkerDirs
 
@@ -43,7 +43,8 @@ def build_embedder(root, batch_size: int | None = None):
     """Models and background removal as the root's configuration says (nothing loaded yet)."""
     from pipeline.models.bgremove import BackgroundRemover, settings_from_config
     from pipeline.models.embed import Embedder
-    from pipeline.models.registry import ModelSet, ModelSettings
+    from pipeline.models.loading import ModelSet
+    from pipeline.models.registry import ModelSettings
 
     config = root.config
     model_settings = ModelSettings.from_config(config, root_profile=root.profile)
@@ -60,7 +61,7 @@ def reject(dirs: WorkerDirs, batch_path: Path, reason: str) -> Path:
     target = dirs.rejected / batch_path.name
     if target.exists():
         target = dirs.rejected / f"{batch_path.name}.{int(time.time())}"
-    batchfile.write_rejection(dirs.outbox, batch_path.name, reason)
+    results.write_rejection(dirs.outbox, batch_path.name, reason)
     (batch_path / "REJECTED.txt").write_text(reason + "\n", encoding="utf-8")
     shutil.move(str(batch_path), str(target))
     return target
@@ -76,20 +77,20 @@ def process_batch(dirs: WorkerDirs, batch_path: Path, embedder,
     log = log or logging.getLogger("imageselector.worker")
     batch_id = batch_path.name
     existing = dirs.outbox / batch_id
-    if (existing / batchfile.RESULT).is_file():
+    if (existing / results.RESULT).is_file():
         log.info("batch %s already has a result: removing it from the inbox", batch_id)
         batchfile.remove_tree(batch_path)
-        batchfile.remove_tree(batchfile.kept_path(dirs.outbox, batch_id))
+        batchfile.remove_tree(results.kept_path(dirs.outbox, batch_id))
         return SKIPPED
     try:
         batch = batchfile.read_batch(batch_path)
     except BatchError as exc:
         log.error("rejected: %s", exc)
-        batchfile.remove_tree(batchfile.kept_path(dirs.outbox, batch_id))
+        batchfile.remove_tree(results.kept_path(dirs.outbox, batch_id))
         reject(dirs, batch_path, str(exc))
         return REJECTED
     fingerprint = embedder.models.fingerprint()
-    writer = batchfile.ResultWriter(dirs.outbox, batch_id)
+    writer = results.ResultWriter(dirs.outbox, batch_id)
     earlier, dropped = writer.take_kept(batch.rows, fingerprint)
     if dropped:
         log.warning("batch %s: rows kept by a stopped run not used (%s): embedding it all",
@@ -139,7 +140,7 @@ def work(dirs: WorkerDirs, embedder, *, once: bool, checkpoint: Callable[[], boo
     for d in (dirs.inbox, dirs.outbox):
         for name in batchfile.clean_stale(d):
             log.info("removed %s left by an earlier run", d / name)
-    for name in batchfile.clean_orphan_kept(dirs.outbox, dirs.inbox):
+    for name in results.clean_orphan_kept(dirs.outbox, dirs.inbox):
         log.info("removed %s: its batch is no longer in the inbox", dirs.outbox / name)
     totals = {DONE: 0, REJECTED: 0, STOPPED: 0, SKIPPED: 0}
     while checkpoint():

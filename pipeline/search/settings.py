@@ -1,0 +1,34 @@
+"""Search settings: the ``[search]`` config section as a dataclass (issue 7)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.core.config import config_values, toml_defaults
+
+
+@dataclass
+@toml_defaults("search")
+class SearchSettings:
+    weights: dict
+    rrf_k: int
+    depth: int
+    agree_first: bool
+    min_agree: int
+    text_indexes: bool
+    nprobe: int
+    ef_search: int
+    rerank: int
+    omp_threads: int
+    max_k: int
+    lock_wait_s: float
+    threads: int
+    index_type: str
+    index_min_rows: int
+    index_nlist: int
+    index_train_rows: int
+    index_max_lag: int
+    share_candidates: bool
+
+    @classmethod
+    def from_config(cls, config) -> "SearchSettings":
+        return cls(**config_values(cls, config))
