@@ -263,7 +263,8 @@ def main() -> int:
     root = build_root(Path(args.root), args.rows)
     servers = start_ssh_workers(root, args.ssh_workers)
     idle = start_idle_processes(args.procs)
-    from pipeline.core.stage import request_stop, start_detached, stage_status
+    from pipeline.core.stage_control import request_stop, start_detached
+    from pipeline.core.stage_observe import stage_status
 
     try:
         if not args.no_stage and stage_status(root, "selftest")["pid"] is None:

@@ -18,7 +18,7 @@ import psutil
 from pipeline.core import db
 from pipeline.core.fsutil import read_json_or_none
 from pipeline.core.root import Root
-from pipeline.core.stage import is_live, stage_status
+from pipeline.core.stage_observe import is_live, stage_status
 
 
 def main() -> None:

@@ -12,14 +12,15 @@ def is_live(row: dict) -> bool:
 
 
 def start_local(root, name: str) -> str:
-    from pipeline.core.stage import start_detached
+    from pipeline.core.stage_control import start_detached
 
     status = start_detached(root, name)
     return f"start {name}: {status['state']} (pid {status['pid'] or status['last_pid']})"
 
 
 def stop_local(root, name: str) -> str:
-    from pipeline.core.stage import request_stop, spec
+    from pipeline.core.stage_control import request_stop
+    from pipeline.core.stage import spec
 
     status = request_stop(root, name)
     if status["state"] != "stopping":
@@ -44,7 +45,8 @@ def escalate(root, name: str, pid: int, say: Callable[[str], None]) -> bool:
     stage.term_grace_s, then SIGKILL. The caller has shown the lock holders and had it
     confirmed (twice for the writer). True when the process is gone."""
     from pipeline.core.fsutil import read_json_or_none
-    from pipeline.core.stage import signal_ladder, spec
+    from pipeline.core.stage_control import signal_ladder
+    from pipeline.core.stage import spec
 
     hb = read_json_or_none(root.heartbeat_path(name)) or {}
     proc_start = hb.get("proc_start") if hb.get("pid") == pid else None
@@ -57,14 +59,16 @@ def escalate(root, name: str, pid: int, say: Callable[[str], None]) -> bool:
 
 
 def pause_all(root) -> str:
-    from pipeline.core.stage import PAUSABLE, pause_stages
+    from pipeline.core.stage import PAUSABLE
+    from pipeline.core.stage_control import pause_stages
 
     written = pause_stages(root, list(PAUSABLE))
     return "pause requested: " + ", ".join(written)
 
 
 def resume_all(root) -> str:
-    from pipeline.core.stage import PAUSABLE, resume_stages
+    from pipeline.core.stage import PAUSABLE
+    from pipeline.core.stage_control import resume_stages
 
     resume_stages(root, list(PAUSABLE))
     return "resumed: " + ", ".join(PAUSABLE)

@@ -41,7 +41,7 @@ def optional_function(module: str, name: str) -> Callable | None:
 # Local stages, DB, lock holders (the data of pipeline/status/snapshot.py)
 # ---------------------------------------------------------------------------
 def local_stages(root, now: float) -> list[dict]:
-    from pipeline.core.stage import stage_status
+    from pipeline.core.stage_observe import stage_status
     from pipeline.status.snapshot import local_stage_names
 
     return [stage_status(root, name, now) for name in local_stage_names(root)]
@@ -201,7 +201,7 @@ def worker_hosts(root) -> list[dict]:
 
 
 def host_stages(root, host: dict, timeout_s: float) -> list[dict]:
-    """The stages on a worker host, as rows shaped like pipeline.core.stage.stage_status (with
+    """The stages on a worker host, as rows shaped like pipeline.core.stage_observe.stage_status (with
     "host" set to the host's name). An unreachable host raises (the app shows its rows as
     unreachable with the text, and lists the host among the failing sources)."""
     from pipeline.core.hoststages import host_stage_rows
@@ -267,7 +267,7 @@ def local_log_tail(path: Path, lines: int) -> tuple[list[str], tuple]:
         st = Path(path).stat()
     except FileNotFoundError:
         raise SourceMessage(f"no log yet at {path}") from None
-    from pipeline.core.stage import tail_lines
+    from pipeline.core.stage_control import tail_lines
 
     return tail_lines(path, lines, max_bytes=256 * 1024), (st.st_size, st.st_mtime_ns)
 

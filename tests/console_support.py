@@ -135,7 +135,8 @@ class WriteLockHolder:
 def stop_if_running(root, name: str = "selftest") -> None:
     """Test cleanup: a stage a test started never outlives it (kill file, then SIGKILL)."""
     from pipeline.core.procs import pid_alive
-    from pipeline.core.stage import request_stop, stage_status
+    from pipeline.core.stage_control import request_stop
+    from pipeline.core.stage_observe import stage_status
 
     status = stage_status(root, name)
     pid = status.get("pid")

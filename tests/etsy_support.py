@@ -56,7 +56,7 @@ def write_bands(root: Root, bands, taxonomy_id: int = 967) -> None:
 
 
 def run_sync(root: Root, once: bool = True, phases: str | None = None, threads: int | None = None) -> int:
-    from pipeline.core.stage import run_stage
+    from pipeline.core.stage_runtime import run_stage
 
     args = argparse.Namespace(once=once, phases=phases, threads=threads)
     return run_stage(root, "sync", once=once, args=args)

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from pipeline.core.procs import pid_alive
-from pipeline.core.stage import stage_status
+from pipeline.core.stage_observe import stage_status
 from tests.console_support import make_root, run_selftest_once, seed_images, stop_if_running
 
 pytestmark = [pytest.mark.timeout(120),

@@ -12,7 +12,8 @@ from console.screens.escalate_screen import EscalateScreen
 from console.widgets.command_log_panel import CommandLogPanel
 from console.widgets.stages_panel import StagesTable
 from pipeline.core.procs import pid_alive
-from pipeline.core.stage import start_detached, stage_status
+from pipeline.core.stage_control import start_detached
+from pipeline.core.stage_observe import stage_status
 from tests.console_support import (label_text, make_root, run_selftest_once, seed_images,
                                    stop_if_running, wait_until)
 

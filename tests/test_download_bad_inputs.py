@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 import download_support as ds
-from pipeline.core.stage import run_stage
+from pipeline.core.stage_runtime import run_stage
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -79,7 +79,7 @@ def _child_run(root) -> None:
     """In a forked child: run the stage, exit without running the parent's atexit hooks."""
     code = 1
     try:
-        from pipeline.core.stage import run_stage
+        from pipeline.core.stage_runtime import run_stage
 
         code = run_stage(root, "download", once=True, install_signals=False,
                          args=argparse.Namespace(once=True, workers=4, max_in_flight=None,
@@ -194,7 +194,7 @@ def test_disk_floor_blocks_the_stage(tmp_root):
                 return hb and hb.get("state") == "blocked" and hb
             hb = wait_for(blocked, timeout=60, what="blocked heartbeat")
             assert "below the floor" in hb["blocked_reason"]
-            from pipeline.core.stage import stage_status
+            from pipeline.core.stage_observe import stage_status
 
             assert stage_status(root, "download")["state"] == "blocked"
             assert server.requests == 0

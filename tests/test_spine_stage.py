@@ -13,7 +13,7 @@ import pytest
 from pipeline.core import db
 from pipeline.core.fsutil import read_json_or_none
 from pipeline.core.procs import pid_alive
-from pipeline.core.stage import stage_status
+from pipeline.core.stage_observe import stage_status
 from tests.support import cli_json, run_cli, wait_for
 
 

@@ -19,7 +19,7 @@ def _logger(root, quiet: bool) -> logging.Logger:
         log.removeHandler(h)
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     root.logs_dir.mkdir(parents=True, exist_ok=True)
-    from pipeline.core.stage import ReopeningLogHandler
+    from pipeline.core.stage_log import ReopeningLogHandler
 
     fh = ReopeningLogHandler(root.log_path("adopt"))
     fh.setFormatter(fmt)

@@ -19,7 +19,7 @@ def cmd_init(args) -> int:
 def cmd_serve(args) -> int:
     """The local Etsy API in the foreground (the etsy-api stage)."""
     from pipeline.core.root import Root
-    from pipeline.core.stage import run_stage
+    from pipeline.core.stage_runtime import run_stage
     import argparse
 
     root = Root.open(args.root)
@@ -30,7 +30,8 @@ def cmd_serve(args) -> int:
 def cmd_up(args) -> int:
     """Create the sandbox if needed, start its local Etsy API, open the console."""
     from pipeline.sandbox import init_sandbox
-    from pipeline.core.stage import is_live, stage_status, start_detached
+    from pipeline.core.stage_observe import is_live, stage_status
+    from pipeline.core.stage_control import start_detached
 
     root = init_sandbox(args.dir, args.port)
     if not is_live(stage_status(root, "etsy-api")):

@@ -11,7 +11,8 @@ from pipeline.core.errors import UserError
 
 def _stage_args(name: str, rest: list[str]) -> argparse.Namespace:
     """Parse a stage's own flags (its module's add_arguments) plus --once."""
-    from pipeline.core.stage import load_entry, spec
+    from pipeline.core.stage_runtime import load_entry
+    from pipeline.core.stage import spec
 
     stage = spec(name)
     module, _ = load_entry(stage)
@@ -25,7 +26,7 @@ def _stage_args(name: str, rest: list[str]) -> argparse.Namespace:
 
 def cmd_run(args) -> int:
     from pipeline.core.root import Root
-    from pipeline.core.stage import run_stage
+    from pipeline.core.stage_runtime import run_stage
 
     stage_args = _stage_args(args.stage, args.rest)
     root = Root.open(stage_args.root or args.root)
@@ -34,7 +35,7 @@ def cmd_run(args) -> int:
 
 def cmd_start(args) -> int:
     from pipeline.core.root import Root
-    from pipeline.core.stage import start_detached
+    from pipeline.core.stage_control import start_detached
 
     stage_args = _stage_args(args.stage, args.rest)  # refuse bad flags here, not in a detached log
     root = Root.open(stage_args.root or args.root)
@@ -55,8 +56,9 @@ def _say(text: str) -> None:
 def cmd_stop(args) -> int:
     from pipeline.core.locks import lock_holders, writer_pid
     from pipeline.core.root import Root
-    from pipeline.core.stage import (PIPELINE_ORDER, is_live, request_stop, signal_ladder,
-                                spec, stage_status, wait_stopped)
+    from pipeline.core.stage import PIPELINE_ORDER, spec
+    from pipeline.core.stage_observe import is_live, stage_status
+    from pipeline.core.stage_control import request_stop, signal_ladder, wait_stopped
 
     root = Root.open(args.root)
     names = [n for n in PIPELINE_ORDER if is_live(stage_status(root, n))] if args.all else [args.stage]
@@ -126,7 +128,7 @@ def _pausable_names(root, args) -> list[str]:
 
 def cmd_pause(args) -> int:
     from pipeline.core.root import Root
-    from pipeline.core.stage import pause_acknowledged, pause_stages
+    from pipeline.core.stage_control import pause_acknowledged, pause_stages
 
     root = Root.open(args.root)
     names = _pausable_names(root, args)
@@ -151,7 +153,7 @@ def cmd_pause(args) -> int:
 
 def cmd_resume(args) -> int:
     from pipeline.core.root import Root
-    from pipeline.core.stage import resume_stages
+    from pipeline.core.stage_control import resume_stages
 
     root = Root.open(args.root)
     names = _pausable_names(root, args)

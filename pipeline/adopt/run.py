@@ -137,7 +137,8 @@ class Adoption(ShardPhase, TarPhase, DBPhase, PrimaryPhase):
             yield
 
     def _check_stages(self) -> None:
-        from pipeline.core.stage import STAGES, stage_status
+        from pipeline.core.stage import STAGES
+        from pipeline.core.stage_observe import stage_status
 
         live = [n for n, s in STAGES.items() if s.where == "db_host"
                 and stage_status(self.root, n).get("pid")]

@@ -1,6 +1,6 @@
 """The stages of one worker host, seen and controlled from the DB host (for the console).
 
-``host_stage_rows`` gives rows shaped like ``pipeline.core.stage.stage_status`` for the stages
+``host_stage_rows`` gives rows shaped like ``pipeline.core.stage_observe.stage_status`` for the stages
 that run on worker hosts, built from the host's ``run/<stage>.json`` read over SFTP and
 ``derive_state(alive=None)`` (a fresh heartbeat counts as alive: the pid cannot be checked
 from here). A host that does not answer gives one row per stage in state "unreachable" with
@@ -20,7 +20,8 @@ import time
 from typing import Any, Callable
 
 from pipeline.core.errors import UserError
-from pipeline.core.stage import PIPELINE_ORDER, STAGES, StageState, derive_state, spec, status_row
+from pipeline.core.stage import PIPELINE_ORDER, STAGES, StageState, spec
+from pipeline.core.stage_observe import derive_state, status_row
 
 HOST_STAGES = [name for name in PIPELINE_ORDER if STAGES[name].where == "worker"]
 LIVE = {s.value for s in (StageState.RUNNING, StageState.PAUSING, StageState.PAUSED,
@@ -240,7 +241,7 @@ def host_stage_rows(root, host_name: str, timeout_s: float, now: float | None = 
 def _local_rows(root, host, now: float | None) -> list[dict]:
     """A `local = true` worker: its root is a folder here (no SSH)."""
     from pipeline.core.root import Root
-    from pipeline.core.stage import stage_status
+    from pipeline.core.stage_observe import stage_status
 
     path = host.root or str(root.path)
     worker_root = root if path == str(root.path) else Root(path)
@@ -272,7 +273,7 @@ def start_remote(root, host_name: str, stage: str, timeout_s: float | None = Non
     hosts, host = _host(root, host_name)
     if host.local:
         from pipeline.core.root import Root
-        from pipeline.core.stage import start_detached
+        from pipeline.core.stage_control import start_detached
 
         status = start_detached(Root(host.root) if host.root else root, stage)
         return f"start {stage} on {host_name}: {status['state']} (pid {status['pid']})"
@@ -306,7 +307,7 @@ def stop_remote(root, host_name: str, stage: str, timeout_s: float | None = None
     _, host = _host(root, host_name)
     if host.local:
         from pipeline.core.root import Root
-        from pipeline.core.stage import request_stop
+        from pipeline.core.stage_control import request_stop
 
         status = request_stop(Root(host.root) if host.root else root, stage)
         return f"stop {stage} on {host_name}: {status['state']}"
@@ -335,7 +336,7 @@ def host_log_tail(root, host_name: str, stage: str, lines: int,
     _, host = _host(root, host_name)
     if host.local:
         from pipeline.core.root import Root
-        from pipeline.core.stage import tail_lines
+        from pipeline.core.stage_control import tail_lines
 
         worker_root = Root(host.root) if host.root else root
         return tail_lines(worker_root.log_path(stage), int(lines))

@@ -4,7 +4,7 @@ Rotation: `logs/<name>.log` over backup.log_max_bytes is renamed `<name>.log.1` 
 shift up to backup.log_keep, the oldest is removed). Never copy-and-truncate, which loses
 whatever a running writer appends between the copy and the truncation: a running stage's
 log handler sees the rename at its next line and opens a new `<name>.log`
-(pipeline.core.stage.ReopeningLogHandler); anything written before that lands in `<name>.log.1`.
+(pipeline.core.stage_log.ReopeningLogHandler); anything written before that lands in `<name>.log.1`.
 
 Disk use walks each folder of the root once and caches the result in run/disk_usage.json;
 the console reads the cache (`disk_section`), never walks millions of files itself.

@@ -18,11 +18,12 @@ STATES = ("running", "stopped", "unreachable", "error")
 
 def _look(root, hosts, host, timeout_s: float, now: float) -> dict:
     """This host's worker heartbeat: {'stage_state', 'pid', 'heartbeat_age_s', 'error', ...}."""
-    from pipeline.core.stage import StageState, derive_state
+    from pipeline.core.stage import StageState
+    from pipeline.core.stage_observe import derive_state
 
     if host.local:
         from pipeline.core.root import Root
-        from pipeline.core.stage import stage_status
+        from pipeline.core.stage_observe import stage_status
 
         path = host.root or str(root.path)
         if not os.path.isdir(path):
@@ -75,7 +76,7 @@ def workers_status(root, timeout_s: float | None = None, now: float | None = Non
     hosts (for a display refreshed every second; such a host is "unreachable" if unseen).
     Local workers are always looked at (a file read)."""
     from pipeline.core.hosts import worker_hosts
-    from pipeline.core.stage import is_live, stage_status
+    from pipeline.core.stage_observe import is_live, stage_status
 
     now = time.time() if now is None else now
     cfg = root.config
