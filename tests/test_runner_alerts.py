@@ -10,7 +10,7 @@ from pipeline.core import db
 from pipeline.core.alerts import Alerter
 from pipeline.core.errors import UserError
 from pipeline.core.fsutil import read_json_or_none
-from pipeline.core.stage import stage_status
+from pipeline.core.stage_observe import stage_status
 from tests.alerts_support import SMTPServer, alert_config
 from tests.support import run_cli, wait_for
 
@@ -21,10 +21,13 @@ def smtp(tmp_path):
         yield server
 
 
-def _configure(root, smtp, tmp_path, runner: str = "", alerts_extra: dict | None = None) -> None:
+def _configure(root, smtp, tmp_path, runner: str = "", alerts_extra: dict | None = None,
+               backed_up: bool = True) -> None:
     text = alert_config(root, smtp, tmp_path / "smtp_password", **(alerts_extra or {}))
     text += "[stage]\nheartbeat_s = 0.2\npoll_s = 0.1\n"
     text += "[runner]\ncheck_s = 0.1\n" + runner
+    if backed_up:  # a configured target: the run's safe-default check is satisfied
+        text += f'[backup.targets.folder]\nkind = "folder"\npath = "{tmp_path / "backups"}"\ncreate = true\n'
     root.config_path.write_text(text)
 
 
@@ -181,7 +184,7 @@ def test_backup_target_that_is_not_a_mounted_volume_is_refused(tmp_root, smtp, t
     not_a_volume.mkdir()
     _configure(tmp_root, smtp, tmp_path, runner=(
         'phase1 = ["selftest --once --work-s 0"]\ndriver = "selftest"\n'
-        'phase2 = ["backup", "selftest --units 1 --work-s 0"]\n'))
+        'phase2 = ["backup", "selftest --units 1 --work-s 0"]\n'), backed_up=False)
     with open(tmp_root.config_path, "a") as fh:
         fh.write(f'[backup.targets.hdd]\nkind = "volume"\npath = "{not_a_volume}"\n')
     out = run_cli("run", "pipeline", root=tmp_root, timeout=120)
@@ -193,3 +196,37 @@ def test_backup_target_that_is_not_a_mounted_volume_is_refused(tmp_root, smtp, t
     missing = [a for a in _alerts(tmp_root) if a[0] == "volume_missing"]
     assert missing and "not a mounted volume" in missing[0][1]
     assert list(not_a_volume.iterdir()) == []  # nothing was written into the empty mount point
+
+
+SELFTEST_RUN = ('phase1 = ["selftest --once --work-s 0.01 --batch 5"]\ndriver = "selftest"\n'
+                'phase2 = []\n')
+
+
+def test_production_run_without_a_backup_target_fails_and_says_so(tmp_root, smtp, tmp_path):
+    assert tmp_root.profile == "production"
+    _configure(tmp_root, smtp, tmp_path, runner=SELFTEST_RUN, backed_up=False)
+    _seed(tmp_root, 5)
+    out = run_cli("run", "pipeline", root=tmp_root, timeout=120)
+    assert out.returncode == 1  # every step ran and was ok, but nothing is backed up
+    conn = db.open_db(tmp_root)
+    steps = conn.execute("SELECT step, outcome FROM runner_steps ORDER BY rowid").fetchall()
+    assert ("selftest", "ok") in steps and db.queue_depths(conn)["discovered"] == 0
+    summary = json.loads(conn.execute("SELECT value FROM sync_state WHERE key='last_pipeline_run'").fetchone()[0])
+    assert ": FAILED after" in summary["summary"].splitlines()[0]
+    assert "FAILURE: not backed up: no backup target is configured" in summary["summary"]
+    failed = next(m for m in smtp.messages if "run_failed" in m["subject"])
+    assert "not backed up" in failed["body"]
+
+
+def test_production_run_with_alerts_off_fails_and_says_so(tmp_root, smtp, tmp_path):
+    _configure(tmp_root, smtp, tmp_path, runner=SELFTEST_RUN)
+    tmp_root.config_path.write_text(tmp_root.config_path.read_text().replace(
+        "enabled = true", "enabled = false"))
+    _seed(tmp_root, 5)
+    out = run_cli("run", "pipeline", root=tmp_root, timeout=120)
+    assert out.returncode == 1
+    conn = db.open_db(tmp_root)
+    summary = json.loads(conn.execute("SELECT value FROM sync_state WHERE key='last_pipeline_run'").fetchone()[0])
+    assert "FAILURE: alerts off" in summary["summary"] and "not backed up" not in summary["summary"]
+    assert smtp.messages == []  # off means off: recorded, never sent
+    assert conn.execute("SELECT COUNT(*) FROM alerts WHERE kind = 'run_failed'").fetchone()[0] == 1

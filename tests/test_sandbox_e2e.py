@@ -69,3 +69,28 @@ def test_sandbox_pipeline_end_to_end(sandbox):
     # every stage recorded a clean exit
     for stage in ("sync", "download", "orchestrate", "tar", "primary", "backup"):
         assert read_json_or_none(root.heartbeat_path(stage))["exit"]["outcome"] == "ok", stage
+
+
+def test_sandbox_weekly_run_finishes_by_itself(sandbox):
+    """`run pipeline` on the sandbox ends by work state, not by runner.idle_stop_s: tar
+    holds fewer embedded images than one tar (it cannot progress), and phase 2 runs once."""
+    root = sandbox
+    text = root.config_path.read_text()
+    # fewer images than one tar: the case that used to wait out the 2-hour idle timer
+    root.config_path.write_text(text.replace("images_per_tar = 20", "images_per_tar = 1000")
+                                + "\n[runner]\ncheck_s = 0.5\n")
+    out = run_cli("run", "pipeline", root=root, timeout=280)
+    assert out.returncode == 0, out.stderr[-3000:]
+    conn = db.open_db(root)
+    steps = {r[0]: r[1:] for r in conn.execute(
+        "SELECT step, outcome, reason FROM runner_steps ORDER BY rowid")}
+    for name in ("sync", "download", "orchestrate", "tar", "primary", "backup"):
+        assert steps[name][0] == "ok", (name, steps[name])
+    queues = db.queue_depths(conn)
+    assert queues["discovered"] == queues["downloaded"] == queues["batched"] == 0
+    assert queues["embedded"] > 0 and queues["tarred"] == 0  # less than a tar: left for next week
+    primary = read_json_or_none(root.heartbeat_path("primary"))
+    assert primary["exit"]["outcome"] == "ok"  # ran with --once and ended
+    summary = json.loads(conn.execute("SELECT value FROM sync_state WHERE key='last_pipeline_run'").fetchone()[0])
+    # a sandbox root with alerts off is told so, as a warning that does not fail the run
+    assert "WARNING: alerts off" in summary["summary"] and ": ok after" in summary["summary"]

@@ -67,11 +67,11 @@ def test_install_into_a_crontab_file_keeps_other_lines(tmp_root, tmp_path):
     assert text.startswith("MAILTO=me\n7 7 * * * /usr/bin/true\n")
     assert f"# BEGIN imageselector {tmp_root.path}" in text
     assert "0 21 * * 6 cd " in text and "schedule run pipeline-weekly --trigger cron" in text
-    assert text.count("schedule run") == 8  # the seed's seven jobs + the daily sync
+    assert text.count("schedule run") == 9  # the seed's seven jobs + the daily sync + the watch
     root = write_config(tmp_root, '[schedule.jobs.housekeeping]\nenabled = false\n')
     install(root, platform="linux", crontab_file=tab)             # reinstall replaces the block
     text = tab.read_text()
-    assert text.count("# BEGIN imageselector") == 1 and text.count("schedule run") == 7
+    assert text.count("# BEGIN imageselector") == 1 and text.count("schedule run") == 8
     plan = install(root, platform="linux", crontab_file=tab, dry_run=True, uninstall=True)
     assert tab.read_text() == text                                  # a dry run changes nothing
     assert "imageselector" not in plan.text
@@ -103,7 +103,8 @@ def test_launchd_plists_on_macos(tmp_root, tmp_path):
 def test_run_due_runs_each_slot_once_and_records_it(tmp_root):
     root = write_config(tmp_root, "".join(
         f"[schedule.jobs.{j}]\nenabled = false\n" for j in
-        ("archive", "mirror-data", "backup", "mirror-tars", "mirror-data-nightly", "pipeline-weekly", "housekeeping"))
+        ("archive", "mirror-data", "backup", "mirror-tars", "mirror-data-nightly", "pipeline-weekly", "housekeeping",
+         "watch"))
         + '[schedule.jobs.hourly]\ncron = "15 * * * *"\nsteps = [["status"], ["backup", "status"]]\n'
         + '[schedule.jobs.failing]\ncron = "15 * * * *"\nsteps = [["no-such-command"], ["status"]]\n')
     calls = []

@@ -61,3 +61,15 @@ def test_two_providers_for_one_section_are_refused(clean_registry):
         @clean_registry.status_provider("twice")
         def second(root_, conn, now, errors):
             return 2
+
+
+def test_status_names_an_unsafe_production_root_and_clears_when_fixed(root):
+    assert root.profile == "production"
+    out = snapshot(root, with_locks=False)
+    assert [(p["key"], p["severity"]) for p in out["safety"]] == [
+        ("not backed up", "failure"), ("alerts off", "failure")]
+    root.config_path.write_text(
+        f'[backup.targets.usb]\nkind = "folder"\npath = "{root.path / "bk"}"\n'
+        '[alerts]\nenabled = true\nsmtp_host = "127.0.0.1"\nto = ["op@example.com"]\n')
+    fixed = Root(root.path)  # config is read at open
+    assert snapshot(fixed, with_locks=False)["safety"] == []

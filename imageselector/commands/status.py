@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 from imageselector.cli import add_root_argument
@@ -28,6 +29,10 @@ def cmd_status(args) -> int:
         return 0
     now = snap["at"]
     print(f"root {snap['root']} ({snap['profile']})")
+    for problem in snap.get("safety") or []:
+        # red on a terminal: a production root left unattended like this is not safe
+        line = f"{problem['severity'].upper()}: {problem['text']}"
+        print(f"\033[1;31m{line}\033[0m" if sys.stdout.isatty() else line)
     print("queues:")
     for state, n in snap["queues"].items():
         print(f"  {state:<11} {'?' if n is None else f'{n:,}':>12}")

@@ -9,6 +9,7 @@ project whose permissions are checked.
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
 import time
 from email.message import EmailMessage
@@ -21,7 +22,42 @@ KINDS = (
     "stage_crashed", "stage_failed", "stop_stalled", "watchdog_stall",
     "quota_dropped", "quota_spent", "backup_failed", "backup_overdue", "mirror_failed",
     "volume_missing", "disk_low",
+    # the watch job (pipeline/watch/): a stage without a fresh heartbeat, a scheduled job that
+    # did not run, the weekly run not started; and one "ok again" when a watched condition clears
+    "stage_stale", "schedule_missed", "run_not_started", "condition_cleared",
+    # the backup stage and `backup verify`: a snapshot or mirror that failed its verification
+    "backup_verify_failed",
+    # `schedule run` (cron, launchd, run-due): a scheduled job that exited non-zero or died
+    "job_failed",
 )
+
+SMS_CHARS = 160
+
+
+def local_host() -> str:
+    """This machine's short name, as the operator knows it."""
+    return socket.gethostname().split(".")[0] or "localhost"
+
+
+def cut_text(text: str, n: int) -> str:
+    if n <= 0:
+        return ""
+    return text if len(text) <= n else text[:max(0, n - 1)].rstrip() + "…"
+
+
+def sms_line(thing: str, host: str, problem: str, fix: str, limit: int = SMS_CHARS) -> str:
+    """``THING on HOST: PROBLEM; fix: FIX`` in at most ``limit`` characters (an alert's first
+    line, which an SMS gateway shows): the problem is shortened first, then the fix, so the
+    thing and the host always show."""
+    head, mid = f"{thing} on {host}: ", "; fix: "
+    line = head + problem + mid + fix
+    if len(line) <= limit:
+        return line
+    room = limit - len(head) - len(mid) - len(fix)
+    if room >= 20:
+        return head + cut_text(problem, room) + mid + fix
+    problem = cut_text(problem, 20)
+    return cut_text(head + problem + mid + fix, limit)
 
 
 class AlertConfig:
@@ -138,6 +174,13 @@ class Alerter:
             if cfg.username:
                 smtp.login(cfg.username, read_secret(cfg.password_file, "alerts.password_file"))
             smtp.send_message(msg)
+
+
+def last_sent_by_kind(conn) -> dict[str, float | None]:
+    """Every alert kind with the time it was last delivered (None: never), so the operator
+    can see the alert path works (`status --json` "alerts_last_sent", the runner summary)."""
+    sent = dict(conn.execute("SELECT kind, MAX(at) FROM alerts WHERE sent = 1 GROUP BY kind").fetchall())
+    return {kind: sent.get(kind) for kind in KINDS}
 
 
 def recent_alerts(conn, limit: int = 50) -> list[dict]:

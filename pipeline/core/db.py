@@ -334,7 +334,44 @@ CREATE TABLE IF NOT EXISTS schedule_runs (
 CREATE INDEX IF NOT EXISTS schedule_runs_job ON schedule_runs(job, started_at);
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3]
+# v4: the watch job's open conditions (pipeline/watch/store.py), so separate `watch --once`
+# runs alert once per condition and send one "ok again" when it clears.
+_V4 = """
+CREATE TABLE IF NOT EXISTS watch_conditions (
+    key        TEXT PRIMARY KEY,        -- kind:thing@host, stable from run to run
+    kind       TEXT NOT NULL,           -- the alert kind
+    text       TEXT NOT NULL,           -- the alert as last evaluated
+    opened_at  REAL NOT NULL,           -- first seen
+    seen_at    REAL NOT NULL,           -- last seen by a watch run
+    sent_at    REAL,                    -- its alert delivered (NULL: not yet, tried again next run)
+    alert_id   INTEGER,                 -- the alerts row of that alert
+    cleared_at REAL                     -- cleared, its "ok again" not delivered yet
+);
+"""
+
+# v5: the original's rules (ORIGINAL_SYSTEM.md, docs/OPERATIONS.md "Parity with the original").
+# image_status: a download failure is retried by a later download pass after a backoff, up to a
+# cap (pipeline/stages/download/retry.py): `retry_at` is when it is due (NULL: never by itself,
+# only by `requeue`), `failed_passes` how many passes in a row failed it. listings_static:
+# `first_seen`, set once and never overwritten; rows from before v5 take their oldest snapshot,
+# rows inserted without it (adoption: the original's snapshot time) take their snapshot time.
+_V5 = """
+ALTER TABLE image_status ADD COLUMN retry_at REAL;
+ALTER TABLE image_status ADD COLUMN failed_passes INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS image_status_retry ON image_status(retry_at) WHERE retry_at IS NOT NULL;
+ALTER TABLE listings_static ADD COLUMN first_seen REAL;
+UPDATE listings_static SET first_seen = (SELECT min(t) FROM (
+    SELECT nullif(listings_static.snapshot_timestamp, 0) AS t
+    UNION ALL SELECT d.snapshot_timestamp FROM listings_dynamic d
+    WHERE d.listing_id = listings_static.listing_id AND d.snapshot_timestamp > 0));
+CREATE TRIGGER IF NOT EXISTS listings_static_first_seen AFTER INSERT ON listings_static
+WHEN NEW.first_seen IS NULL BEGIN
+    UPDATE listings_static SET first_seen = nullif(NEW.snapshot_timestamp, 0)
+    WHERE listing_id = NEW.listing_id;
+END;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -485,7 +522,7 @@ def read_snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 # Image states
 # ---------------------------------------------------------------------------
 _STATE_FIELDS = ("reason", "attempts", "batch_id", "shard", "shard_row", "global_row",
-                 "tar_name", "tar_offset")
+                 "tar_name", "tar_offset", "retry_at", "failed_passes")
 
 
 def add_discovered_images(conn: sqlite3.Connection, keys: Iterable[tuple[int, int]],
@@ -506,7 +543,7 @@ def set_image_state(conn: sqlite3.Connection, keys: Iterable[tuple[int, int]], s
     """Move images to `state` (inside the caller's transaction). Only rows whose current
     state may go to `state` (and is in `expect`, when given) change; returns how many did.
     Extra keyword fields (reason, batch_id, shard, shard_row, global_row, tar_name,
-    tar_offset, attempts) are set in the same statement."""
+    tar_offset, attempts, retry_at, failed_passes) are set in the same statement."""
     if state not in IMAGE_STATES:
         raise ValueError(f"unknown image state {state!r}")
     unknown = set(fields) - set(_STATE_FIELDS)

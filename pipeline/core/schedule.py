@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from pipeline.core.errors import UserError
-from pipeline.core.stage import tail_lines
+from pipeline.core.stage_control import tail_lines
 
 BLOCK_BEGIN = "# BEGIN imageselector"
 BLOCK_END = "# END imageselector"
@@ -201,9 +201,13 @@ def last_runs(conn, limit_per_job: int = 1) -> dict[str, list[dict]]:
     # read-only (status calls this): no table yet means no run yet
     if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schedule_runs'").fetchone():
         return {}
+    # the newest runs of each job (a job every 15 minutes, like the watch, must not push a
+    # weekly job's last run out of a global window)
     rows = conn.execute(
-        "SELECT job, trigger, started_at, finished_at, exit_code, outcome, step FROM schedule_runs "
-        "ORDER BY started_at DESC, run_id DESC LIMIT 2000").fetchall()
+        "SELECT job, trigger, started_at, finished_at, exit_code, outcome, step FROM ("
+        " SELECT *, ROW_NUMBER() OVER (PARTITION BY job ORDER BY started_at DESC, run_id DESC) AS n"
+        " FROM schedule_runs) WHERE n <= ? ORDER BY started_at DESC, run_id DESC",
+        (int(limit_per_job),)).fetchall()
     out: dict[str, list[dict]] = {}
     for job, trig, st, fin, code, outcome, step in rows:
         lst = out.setdefault(job, [])

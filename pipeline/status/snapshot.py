@@ -10,7 +10,8 @@ import time
 
 from pipeline.core.db import IMAGE_STATES, DBError, open_db, queue_depths
 from pipeline.core.locks import LockTracker
-from pipeline.core.stage import PIPELINE_ORDER, STAGES, stage_status
+from pipeline.core.stage import PIPELINE_ORDER, STAGES
+from pipeline.core.stage_observe import stage_status
 from pipeline.core import housekeeping, schedule
 from pipeline.status.registry import providers, status_provider
 
@@ -23,6 +24,24 @@ def disk_section(root, conn, now, errors):
 @status_provider("schedule", order=90)
 def schedule_section(root, conn, now, errors):
     return schedule.status_section(root, conn)
+
+
+@status_provider("safety", order=5)
+def safety_section(root, conn, now, errors):
+    """The safe-default failures (no backup target, alerts off): red in status and the console."""
+    from pipeline.core.safety import safety_problems
+
+    return [p.as_json() for p in safety_problems(root)]
+
+
+@status_provider("alerts_last_sent", order=95)
+def alerts_last_sent_section(root, conn, now, errors):
+    """Each alert kind with when it was last delivered (None: never)."""
+    if conn is None:
+        return None
+    from pipeline.core.alerts import last_sent_by_kind
+
+    return last_sent_by_kind(conn)
 
 
 def local_stage_names(root) -> list[str]:

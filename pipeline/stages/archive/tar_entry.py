@@ -3,10 +3,22 @@ bg-removed images of imageall_new/ into tars of archive.images_per_tar, in globa
 (pipeline/stages/archive/tars.py has the crash-safe protocol)."""
 from __future__ import annotations
 
+from pipeline.core.db import queue_depths
+
+# How often a waiting tar stage reads the embedded counter (O(1)) for a full range.
+WORK_CHECK_S = 2.0
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--rebuild-index", action="store_true",
                         help="rewrite the combined tar_index.json from the per-tar index files and exit")
+
+
+def nothing_to_do(root, conn, depths: dict) -> bool:
+    """The weekly run's drain, once nothing upstream can embed more: tars hold whole ranges
+    of images_per_tar rows, so with fewer than that embedded no tar can be written (the rest
+    waits for the next run)."""
+    return (depths.get("embedded") or 0) < int(root.config.get("archive.images_per_tar"))
 
 
 def run(ctx) -> int:
@@ -19,8 +31,18 @@ def run(ctx) -> int:
         n = write_combined_index(root.tars_dir)
         ctx.log.info("tar_index.json rewritten: %d images", n)
         return 0
-    arch = Archiver(root, ctx.db(), ctx.log)
+    conn = ctx.db()
+    arch = Archiver(root, conn, ctx.log)
     poll_s = float(ctx.config.get("archive.poll_s"))
+    per_tar = int(ctx.config.get("archive.images_per_tar"))
+    planned_at = {"embedded": -1}
+
+    def full_range_may_be_ready() -> bool:
+        # A new image embedded with at least one tar's worth waiting: plan again now,
+        # instead of at the end of poll_s.
+        embedded = queue_depths(conn).get("embedded") or 0
+        return embedded >= per_tar and embedded != planned_at["embedded"]
+
     between = lambda i: bool(i % 200) or ctx.checkpoint()  # noqa: E731
     while True:
         if not ctx.checkpoint():
@@ -39,6 +61,7 @@ def run(ctx) -> int:
         if done:
             ctx.log.warning("recovery: %s", done)
         wrote = 0
+        planned_at["embedded"] = queue_depths(conn).get("embedded") or 0
         try:
             for plan in arch.next_plans():
                 if not ctx.checkpoint():
@@ -71,5 +94,5 @@ def run(ctx) -> int:
         if ctx.stop_requested() or ctx.once:
             return 0
         ctx.set_current(None)
-        if not ctx.sleep(poll_s):
+        if not ctx.sleep_until(poll_s, full_range_may_be_ready, WORK_CHECK_S):
             return 0

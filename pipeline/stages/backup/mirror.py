@@ -66,7 +66,8 @@ def _db_excludes(root, src: Path) -> list[str]:
 def writers_paused(root, timeout_s: float, log=None) -> Iterator[None]:
     """Pause every pausable stage (the pause protocol) and wait until each live one has
     acknowledged; resume on exit. Pause files the operator made are left in place."""
-    from pipeline.core.stage import PAUSABLE, STAGES, all_writers_paused, pause_acknowledged, pause_stages, resume_stages
+    from pipeline.core.stage import PAUSABLE, STAGES
+    from pipeline.core.stage_control import all_writers_paused, pause_acknowledged, pause_stages, resume_stages
 
     ours = [n for n in PAUSABLE if not root.file(STAGES[n].pause_file).exists()]
     pause_stages(root, ours)

@@ -107,7 +107,7 @@ class BatchesMixin:
         checked_at, live = self._download_live_checked
         if time.monotonic() - checked_at < 1.0:
             return live
-        from pipeline.core.stage import is_live, stage_status
+        from pipeline.core.stage_observe import is_live, stage_status
 
         try:
             live = is_live(stage_status(self.root, "download"))

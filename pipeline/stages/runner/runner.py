@@ -3,7 +3,8 @@
 Phase 1 starts the crawl, download, orchestrator and tar stages together, the crawl being the
 driver; when the driver ends, the others are told so (`on_driver_finished` in their stage
 module, e.g. the orchestrator flushes its last partial batch) and each is asked to stop, by
-its kill file, once its input queue is empty or it has been idle for `runner.idle_stop_s`.
+its kill file, once it can make no more progress (its input queue is empty, or its stage's
+`nothing_to_do` hook says so), or, as a fallback, it has been idle for `runner.idle_stop_s`.
 Phase 2 runs its steps in order (primary update, backup, mirrors, verification). Every step's
 exit is recorded with its timing, and the run ends with one summary and an alert.
 
@@ -13,18 +14,21 @@ progress counters have moved for `runner.stall_s`.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
 
-from pipeline.core.alerts import Alerter
+from pipeline.core.alerts import Alerter, last_sent_by_kind
 from pipeline.core.db import IMAGE_STATES, queue_depths, retry_on_busy, transaction
 from pipeline.core.errors import UserError
+from pipeline.core.fmt import date_time
 from pipeline.core.fsutil import atomic_write_json, read_json_or_none
-from pipeline.core.stage import (STAGES, StageState, is_live, load_entry, request_stop, spec,
-                            stage_status, start_detached, tail_lines)
+from pipeline.core.safety import FAILURE, safety_problems
+from pipeline.core.stage import STAGES, StageState, spec
+from pipeline.core.stage_observe import is_live, stage_status
+from pipeline.core.stage_runtime import load_entry
+from pipeline.core.stage_control import request_stop, start_detached, tail_lines
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Step:
     pid: int | None = None
     stop_requested_at: float | None = None
     stop_alerted: bool = False
+    drained_stop: bool = False    # asked to stop because it could make no more progress
 
     def line(self) -> str:
         took = ""
@@ -95,6 +100,7 @@ class Runner:
         self.stall_alerted = False
         self.started = time.time()
         self.phase = "starting"
+        self.safety: list = []
 
     # ---- bookkeeping ------------------------------------------------------
     def publish(self) -> None:
@@ -127,6 +133,9 @@ class Runner:
             step.exit_code = last.get("code")
             step.outcome = last.get("outcome") or "ok"
             step.reason = last.get("reason", "") if step.outcome != "ok" else ""
+            if step.drained_stop and step.outcome == "stopped" and step.exit_code == 0:
+                # it did all it could in this run and stopped when asked: that is success
+                step.outcome, step.reason = "ok", ""
             resumable = _stage_hook(step.stage, "RESUMABLE_EXITS") or {}
             if step.exit_code in resumable:  # e.g. sync's quota stop: not a failure
                 step.outcome, step.reason = "deferred", resumable[step.exit_code]
@@ -197,19 +206,26 @@ class Runner:
 
     # ---- phase 1 --------------------------------------------------------------
     def drained(self, step: Step, depths: dict) -> bool:
+        """Whether ``step`` can make no more progress in this run: its input queue is empty
+        (or, for a stage with a ``nothing_to_do`` hook, the stage says so, e.g. tar with less
+        than one tar's worth embedded) and every stage upstream of it has finished."""
         wanted = self.inputs.get(step.stage)
-        if wanted is None:
+        hook = _stage_hook(step.stage, "nothing_to_do")
+        if wanted is None and hook is None:
             return True
-        states = [wanted] if isinstance(wanted, str) else list(wanted)
-        for state in states:
-            if state not in IMAGE_STATES:
-                raise UserError(f"{self.root.config_path}: runner.inputs.{step.stage}: unknown state {state!r}")
-        if any(depths.get(state) for state in states):
-            return False
+        if wanted is not None:
+            states = [wanted] if isinstance(wanted, str) else list(wanted)
+            for state in states:
+                if state not in IMAGE_STATES:
+                    raise UserError(f"{self.root.config_path}: runner.inputs.{step.stage}: unknown state {state!r}")
+            if hook is None and any(depths.get(state) for state in states):
+                return False
         # upstream stages must have finished, or their output may still come
         index = self.phase1.index(step.stage)
         upstream = [s for s in self.steps if s.phase == 1 and self.phase1.index(s.stage) < index]
-        return all(s.state == "done" for s in upstream)
+        if not all(s.state == "done" for s in upstream):
+            return False
+        return hook is None or bool(hook(self.root, self.conn, depths))
 
     def idle(self, status: dict) -> bool:
         last = status.get("progress_at") or status.get("started") or time.time()
@@ -283,7 +299,8 @@ class Runner:
                     if step.phase == 1 and step.state == "running":
                         status = by_name[step.stage]
                         if self.drained(step, depths):
-                            self.ask_stop(step, "its queue is drained")
+                            step.drained_stop = True
+                            self.ask_stop(step, "it can make no more progress (drained)")
                         elif self.idle(status):
                             self.ask_stop(step, f"idle for {_duration(self.idle_stop_s)}")
             self.watchdog(statuses)
@@ -331,6 +348,10 @@ class Runner:
             if not argv:
                 continue
             stage, args = argv[0], argv[1:]
+            if "--once" not in args:
+                # A phase-2 step does the work there is now and ends: without --once, primary
+                # would poll for new primaries forever and the run would never finish.
+                args = [*args, "--once"]
             step = Step(name=" ".join(argv), stage=stage, args=args, phase=2)
             self.steps.append(step)
             if self.killed or self.ctx.stop_requested():
@@ -377,15 +398,30 @@ class Runner:
 
     # ---- the run ---------------------------------------------------------------
     def summary(self) -> str:
+        failed = self.failed_steps() or self.unsafe()
         head = (f"pipeline run {time.strftime('%Y-%m-%d %H:%M', time.localtime(self.started))}: "
-                f"{'KILLED' if self.killed else ('FAILED' if self.failed_steps() else 'ok')} "
+                f"{'KILLED' if self.killed else ('FAILED' if failed else 'ok')} "
                 f"after {_duration(time.time() - self.started)}")
         depths = queue_depths(self.conn)
         queues = ", ".join(f"{k} {v:,}" for k, v in depths.items())
-        return "\n".join([head] + [f"  {s.line()}" for s in self.steps] + [f"queues: {queues}"])
+        safety = [f"{p.severity.upper()}: {p.text}" for p in self.safety]
+        return "\n".join([head] + [f"  {s.line()}" for s in self.steps] + [f"queues: {queues}"] + safety
+                         + [self.alerts_line()])
+
+    def alerts_line(self) -> str:
+        """When each alert kind was last delivered, so the operator sees the alert path works."""
+        last = last_sent_by_kind(self.conn)
+        sent = sorted(((at, kind) for kind, at in last.items() if at), reverse=True)
+        never = [kind for kind, at in last.items() if not at]
+        return ("alerts last sent: " + (", ".join(f"{kind} {date_time(at)}" for at, kind in sent) or "none")
+                + (f"; never: {', '.join(never)}" if never else ""))
 
     def failed_steps(self) -> list[Step]:
         return [s for s in self.steps if s.outcome in ("failed", "crashed", "refused")]
+
+    def unsafe(self) -> list:
+        """The safe-default failures (production: no backup target, alerts off)."""
+        return [p for p in self.safety if p.severity == FAILURE]
 
     def run(self) -> int:
         self.alerter.send("run_started", f"pipeline run started on {self.root.path}")
@@ -404,6 +440,9 @@ class Runner:
             self.update_search_index()
             self.run_phase2()
         self.phase = "finished"
+        self.safety = safety_problems(self.root)
+        for problem in self.safety:
+            self.log.warning("%s", problem.text)
         text = self.summary()
         self.log.info("%s", text)
         self.ctx.set_info(summary=text)
@@ -415,15 +454,18 @@ class Runner:
             with transaction(self.conn):
                 put_state(self.conn, "last_pipeline_run", {
                     "started": self.started, "ended": time.time(), "killed": self.killed,
-                    "steps": [asdict(s) for s in self.steps], "summary": text})
+                    "steps": [asdict(s) for s in self.steps], "summary": text,
+                    "safety": [p.as_json() for p in self.safety],
+                    "alerts_last_sent": last_sent_by_kind(self.conn)})
 
         save()
         if self.killed:
             self.alerter.send("run_killed", text)
             return 0
-        if self.failed_steps():
+        if self.failed_steps() or self.unsafe():
             self.alerter.send("run_failed", text)
-            self.ctx.set_info(failure="; ".join(s.line() for s in self.failed_steps()))
+            self.ctx.set_info(failure="; ".join([s.line() for s in self.failed_steps()]
+                                                + [p.key for p in self.unsafe()]))
             return 1
         self.alerter.send("run_finished", text)
         return 0
