@@ -47,6 +47,7 @@ from console.widgets.runner_panel import RunnerPanel
 from console.widgets.search_pane import SearchPane
 from console.widgets.stages_panel import StagesPanel, StagesTable
 from console.widgets.status_bar import StatusBar
+from pipeline.core.safety import safety_problems
 from console.widgets.too_small import TooSmall
 
 # All styling lives in console.tcss at the top of the repository.
@@ -78,6 +79,7 @@ class ConsoleApp(PollScheduler, PanelFeed, HostSources, LogFollow, BackgroundAct
         self.command_log = CommandLog(root.logs_dir / "console_commands.log", clock)
         self.lock_view = LockView(root.run_dir / "locks_seen.json", self.settings.lock_open_scan_s)
         self._init_polling()
+        self.unsafe: list[str] = []   # safe-default failures (no backup target, alerts off)
         self.local_rows: list[dict] = []
         self.hosts: list[dict] = []
         self.host_rows: dict[str, list[dict]] = {}
@@ -127,6 +129,9 @@ class ConsoleApp(PollScheduler, PanelFeed, HostSources, LogFollow, BackgroundAct
         self.set_keymap(self.keymap)
         self.panels.too_small.check(self.size.width, self.size.height)
         self.panels.stages_table.focus()
+        if self.poll_enabled:
+            # from the root's config (read once at open, like the console's own settings)
+            self.unsafe = [p.key for p in safety_problems(self.root)]
         self._update_status_bar()
         if not self.poll_enabled:
             return

@@ -111,7 +111,7 @@ class PanelFeed:
     def _update_status_bar(self) -> None:
         self.panels.status_bar.show(self.root_text, self.refresh_s, self.refresh_paused,
                                        self.last_refresh_at, self.last_took_s,
-                                       sorted(self.problems))
+                                       sorted(self.problems), self.unsafe)
 
     def feed_status(self, snapshot: dict) -> None:
         """Show a recorded `status --json` snapshot (snapshot tests, replays)."""
@@ -126,6 +126,7 @@ class PanelFeed:
             self.panels.backups.show(snapshot.get("backups", []),
                                      snapshot.get("schedule"), snapshot.get("backup_jobs", []))
         self._apply("locks", OK, snapshot.get("locks", []), None)
+        self.unsafe = [p["key"] for p in snapshot.get("safety") or []]
         self.last_refresh_at = at
         self._update_status_bar()
 

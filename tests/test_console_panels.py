@@ -129,3 +129,26 @@ def test_corrupt_db_is_a_message_and_stages_still_refresh(tmp_path):
 
     asyncio.run(scenario())
     assert root.db_path.read_bytes().startswith(b"this is not a database")  # untouched
+
+
+def test_status_bar_says_not_safe_in_red_until_the_root_is_safe(tmp_path):
+    root = make_root(tmp_path / "root")   # production, no backup target, alerts off
+    unsafe_text, unsafe_class, safe_text = [], [], []
+
+    async def look(app, into_text, into_class=None) -> None:
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.pause(0.1)
+            bar = app.query_one(StatusBar)
+            into_text.append(label_text(bar))
+            if into_class is not None:
+                into_class.append(bar.has_class("-unsafe"))
+
+    asyncio.run(look(ConsoleApp(root), unsafe_text, unsafe_class))
+    assert "NOT SAFE: not backed up, alerts off" in unsafe_text[0] and unsafe_class == [True]
+    with open(root.config_path, "a") as fh:
+        fh.write(f'[backup.targets.usb]\nkind = "folder"\npath = "{tmp_path / "bk"}"\n'
+                 '[alerts]\nenabled = true\nsmtp_host = "127.0.0.1"\nto = ["op@example.com"]\n')
+    from pipeline.core.root import Root
+
+    asyncio.run(look(ConsoleApp(Root(root.path)), safe_text))
+    assert "NOT SAFE" not in safe_text[0]
