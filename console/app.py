@@ -47,8 +47,8 @@ from console.widgets.runner_panel import RunnerPanel
 from console.widgets.search_pane import SearchPane
 from console.widgets.stages_panel import StagesPanel, StagesTable
 from console.widgets.status_bar import StatusBar
-from pipeline.core.safety import safety_problems
 from console.widgets.too_small import TooSmall
+from pipeline.core.safety import safety_problems
 
 # All styling lives in console.tcss at the top of the repository.
 CSS_FILE = Path(__file__).resolve().parent.parent / "console.tcss"
