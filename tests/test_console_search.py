@@ -137,3 +137,32 @@ def test_empty_index_and_bad_query_are_messages(tmp_path):
             assert not app.query(ListingCard)
 
     asyncio.run(scenario())
+
+
+def test_escape_leaves_the_query_box_and_keys_work_again(tmp_path):
+    root = make_root(tmp_path / "root")
+    app = ConsoleApp(root, image_class=None)
+    seen = {}
+
+    async def scenario() -> None:
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.press("3")
+            field = app.query_one("#search-input")
+            assert app.focused is field
+            await pilot.press("o", "a", "k")
+            await pilot.press("escape")
+            seen["focus_after_escape"] = app.focused
+            await pilot.press("question_mark")       # help opens from the search tab
+            seen["help"] = type(app.screen).__name__
+            await pilot.press("escape")
+            await pilot.press("1")                    # and tab switching works
+            seen["tab"] = app.panels.tabs.active
+            await pilot.press("3")                    # back: the query is kept, and the
+            await pilot.press("s")                    # first key does not replace it
+            seen["value"] = field.value
+
+    asyncio.run(scenario())
+    assert seen["focus_after_escape"] is None
+    assert seen["help"] == "HelpScreen"
+    assert seen["tab"] == "dashboard"
+    assert seen["value"] == "oaks"

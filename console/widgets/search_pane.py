@@ -22,7 +22,10 @@ class SearchPane(Vertical):
         self.image_class = image_class
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="words, or the path of an image; Enter searches", id="search-input")
+        # select_on_focus off: coming back to the box must not make the first key replace the
+        # previous query
+        yield Input(placeholder="words, or the path of an image; Enter searches; Escape: leave the box",
+                    id="search-input", select_on_focus=False)
         yield Static("", id="search-message", classes="panel-message")
         with VerticalScroll(id="search-results"):
             yield Grid(id="search-grid")
@@ -39,6 +42,12 @@ class SearchPane(Vertical):
             return
         self.show_message(f"searching for {query!r}...")
         self.post_message(self.Requested(query))
+
+    def key_escape(self) -> None:
+        """Escape leaves the query box, so the console's keys (1, 2, ?, q...) work again;
+        the query stays as typed. Tab or a click goes back into the box."""
+        if self.app.focused is self.query_one("#search-input", Input):
+            self.app.set_focus(None)
 
     def show_message(self, message: str | None) -> None:
         set_message(self.query_one("#search-message", Static), message)
