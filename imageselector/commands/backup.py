@@ -61,16 +61,22 @@ def cmd_verify(args) -> int:
         raise UserError(f"no backup target or mirror named {', '.join(sorted(unknown))}")
     if not targets and not mirrors:
         raise UserError("no backup target or mirror configured")
+    from pipeline.stages.backup.alerting import send_failure
+
     results = []
     with backup_lock(root):
         conn = open_db(root)
         try:
             for t in targets:
                 results.append(verify_target(root, conn, t))
+                if not results[-1].ok:  # backup_verify_failed, also when cron runs this
+                    send_failure(root, conn, results[-1], t.path, t.mount)
             for m in mirrors:
                 row = conn.execute("SELECT MAX(started_at) FROM backups WHERE target = ? AND "
                                    "kind = 'mirror' AND ok = 1", (m.name,)).fetchone()
                 results.append(verify_mirror(root, conn, m, since=row[0] if row else None))
+                if not results[-1].ok:
+                    send_failure(root, conn, results[-1], m.dest, m.mount)
         finally:
             conn.close()
     bad = [r for r in results if not r.ok]

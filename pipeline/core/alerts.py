@@ -29,9 +29,23 @@ KINDS = (
     "backup_verify_failed",
     # `schedule run` (cron, launchd, run-due): a scheduled job that exited non-zero or died
     "job_failed",
+    # `imageselector doctor --send-test-alert`: proves the whole alert path reaches the operator
+    "test_alert",
 )
 
 SMS_CHARS = 160
+
+# A stage that told the operator about its own failure lists those alert kinds under this key
+# of its info (ctx.set_info), which its final heartbeat keeps: the runner (stage_failed) and
+# `schedule run` (job_failed) then do not say the same thing again in vaguer words.
+OWN_ALERTS_KEY = "alerted"
+
+
+def own_alerts(heartbeat_or_status: dict | None) -> list[str]:
+    """The alert kinds a stage's last run sent about its own failure (from its heartbeat or
+    its status row)."""
+    info = (heartbeat_or_status or {}).get("info") or {}
+    return [str(k) for k in info.get(OWN_ALERTS_KEY) or []]
 
 
 def local_host() -> str:

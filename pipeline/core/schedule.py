@@ -1,7 +1,8 @@
 """The seed's cron table as one config (pipeline/defaults/schedule.toml, overridable per job
 in the root's imageselector.toml), installed as crontab entries (Linux) or launchd plists
 (macOS), or run by `schedule run-due` where there is no cron. Every run goes through
-`schedule run JOB`, which records what ran when and how it ended in `schedule_runs`.
+`schedule run JOB`, which records what ran when and how it ended in `schedule_runs`, and
+alerts job_failed when a job fails or dies (pipeline/core/job_alerts.py).
 """
 from __future__ import annotations
 
@@ -217,13 +218,22 @@ def last_runs(conn, limit_per_job: int = 1) -> dict[str, list[dict]]:
     return out
 
 
-def close_interrupted(conn) -> None:
-    """Runs whose process is gone without recording an end are marked interrupted."""
+def close_interrupted(conn, root=None) -> None:
+    """Runs whose process is gone without recording an end are marked interrupted (and, given
+    the root, told to the operator as job_failed: the job died, e.g. killed or a power cut)."""
     from pipeline.core.procs import pid_alive
-    for run_id, pid in conn.execute("SELECT run_id, pid FROM schedule_runs WHERE finished_at IS NULL").fetchall():
+    rows = conn.execute("SELECT run_id, pid, job, trigger, started_at FROM schedule_runs "
+                        "WHERE finished_at IS NULL").fetchall()
+    for run_id, pid, job, trigger, started in rows:
         if pid and not pid_alive(pid):
             _write(conn, "UPDATE schedule_runs SET finished_at = ?, outcome = 'interrupted' "
                          "WHERE run_id = ?", (time.time(), run_id))
+            if root is not None:
+                from pipeline.core.job_alerts import send_job_failed
+
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
+                send_job_failed(root, conn, job, f"died before recording its end (run of {when}, "
+                                f"{trigger})", root.log_path("schedule"))
 
 
 # ---------------------------------------------------------------------------
@@ -237,32 +247,46 @@ def run_job(root, job: Job, trigger: str = "manual",
             runner: Callable[[list[str], Path], int] | None = None) -> dict:
     """Run a job's steps in order (stop at the first failure), recording the run."""
     from pipeline.core.db import open_db
+    from pipeline.core.job_alerts import exit_words, send_job_failed, step_outcome
 
     conn = open_db(root)
     try:
-        close_interrupted(conn)
+        close_interrupted(conn, root)
         started = time.time()
         run_id = _write(conn, "INSERT INTO schedule_runs(job, trigger, started_at, pid) VALUES (?,?,?,?)",
                         (job.name, trigger, started, os.getpid()))
-        root.logs_dir.mkdir(parents=True, exist_ok=True)
         log_path = root.log_path("schedule")
-        code, outcome, step_text = 0, "ok", ""
+        code, outcome, step_text, told = 0, "ok", "", []
         runner = runner or _run_step
-        for step in job.steps:
-            step_text = " ".join(step)
-            with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} job {job.name} ({trigger}): "
-                         f"imageselector {step_text}\n")
-            code = runner(step_argv(root, step), log_path)
-            if code != 0:
-                outcome = "busy" if code == 3 else "failed"
-                break
+        try:
+            root.logs_dir.mkdir(parents=True, exist_ok=True)
+            for step in job.steps:
+                step_text = " ".join(step)
+                with open(log_path, "a", encoding="utf-8") as fh:
+                    fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} job {job.name} ({trigger}): "
+                             f"imageselector {step_text}\n")
+                step_started = time.time()
+                code = runner(step_argv(root, step), log_path)
+                if code != 0:
+                    outcome, told = step_outcome(root, step, code, step_started)
+                    break
+        except Exception as exc:  # the job runner itself failed: record it and say so
+            _write(conn, "UPDATE schedule_runs SET finished_at = ?, outcome = 'failed', step = ?, "
+                         "output_tail = ? WHERE run_id = ?",
+                   (time.time(), step_text, f"{type(exc).__name__}: {exc}", run_id))
+            send_job_failed(root, conn, job.name, f"schedule run crashed at imageselector {step_text}: "
+                            f"{type(exc).__name__}: {exc}", log_path, f"trigger: {trigger}")
+            raise
         tail = "\n".join(tail_lines(log_path, 20, max_bytes=8192))
         _write(conn, "UPDATE schedule_runs SET finished_at = ?, exit_code = ?, outcome = ?, step = ?, "
                      "output_tail = ? WHERE run_id = ?",
                (time.time(), code, outcome, step_text, tail, run_id))
+        if outcome == "failed" and not told:
+            # the log's tail stays out of the alert: its clock times would defeat de-duplication
+            send_job_failed(root, conn, job.name, f"{exit_words(code)} at imageselector {step_text}",
+                            log_path, f"trigger: {trigger}")
         return {"job": job.name, "trigger": trigger, "started_at": started, "exit_code": code,
-                "outcome": outcome, "step": step_text}
+                "outcome": outcome, "step": step_text, "alerted_by_step": told}
     finally:
         conn.close()
 

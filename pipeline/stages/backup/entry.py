@@ -15,6 +15,8 @@ def add_arguments(parser) -> None:
 def run(ctx) -> int:
     import time
 
+    from pipeline.core.alerts import OWN_ALERTS_KEY
+    from pipeline.stages.backup.alerting import send_failure
     from pipeline.stages.backup.mirror import mirror
     from pipeline.stages.backup.records import close_interrupted
     from pipeline.stages.backup.snapshot import snapshot
@@ -45,6 +47,13 @@ def run(ctx) -> int:
                      f" for job {job}" if job else "")
         return 0
     failures = []
+    alerted: list[str | None] = []
+
+    def failed(out, path, mount) -> None:
+        # the stage alerts each failure itself (it knows the target, its path and the fix)
+        failures.append(out.error)
+        alerted.append(send_failure(root, conn, out, path, mount, log=ctx.log))
+
     for t in targets:
         if not ctx.checkpoint():
             return 0
@@ -54,7 +63,7 @@ def run(ctx) -> int:
             ctx.progress(1, counter="done")
             ctx.set_counter("bytes", out.size or 0)
         elif not ctx.stop_requested():
-            failures.append(out.error)
+            failed(out, t.path, t.mount)
     for m in mirrors:
         if not ctx.checkpoint():
             return 0
@@ -62,17 +71,20 @@ def run(ctx) -> int:
         started = time.time()
         out = mirror(root, conn, m, log=ctx.log)
         if not out.ok:
-            failures.append(out.error)
+            failed(out, m.dest, m.mount)
             continue
         ctx.progress(1, counter="done")
         ver = verify_mirror(root, conn, m, since=started)
         for line in ver.notes:
             ctx.log.info("verify %s: %s", m.name, line)
         if not ver.ok:
-            failures.append(ver.error)
+            failed(ver, m.dest, m.mount)
     ctx.set_current(None)
     if failures:
-        ctx.set_info(failure="; ".join(f for f in failures if f)[:500])
+        info = {"failure": "; ".join(f for f in failures if f)[:500]}
+        if all(alerted):  # every failure has its own alert: the runner and the schedule stay quiet
+            info[OWN_ALERTS_KEY] = sorted(set(alerted))
+        ctx.set_info(**info)
         return 1
     return 0
 

@@ -19,7 +19,7 @@ import shlex
 import time
 from dataclasses import asdict, dataclass, field
 
-from pipeline.core.alerts import Alerter, last_sent_by_kind
+from pipeline.core.alerts import OWN_ALERTS_KEY, Alerter, last_sent_by_kind, own_alerts
 from pipeline.core.db import IMAGE_STATES, queue_depths, retry_on_busy, transaction
 from pipeline.core.errors import UserError
 from pipeline.core.fmt import date_time
@@ -141,7 +141,12 @@ class Runner:
                 step.outcome, step.reason = "deferred", resumable[step.exit_code]
         self.log.info("step %s", step.line())
         self.record_step(step)
-        if step.outcome in ("failed", "crashed"):
+        told = own_alerts(status) if step.outcome == "failed" else []
+        if told:
+            # the stage alerted its own failure (e.g. backup_failed naming the target and the
+            # fix): one fault, one message; the run's summary still lists the step
+            self.log.info("step %s: the stage sent %s itself; no stage_failed", step.name, ", ".join(told))
+        elif step.outcome in ("failed", "crashed"):
             tail = "\n".join(tail_lines(self.root.log_path(step.stage), 15))
             self.alerter.send("stage_crashed" if step.outcome == "crashed" else "stage_failed",
                               f"{step.line()}\n\nlast lines of {self.root.log_path(step.stage)}:\n{tail}")
@@ -465,7 +470,8 @@ class Runner:
         if self.failed_steps() or self.unsafe():
             self.alerter.send("run_failed", text)
             self.ctx.set_info(failure="; ".join([s.line() for s in self.failed_steps()]
-                                                + [p.key for p in self.unsafe()]))
+                                                + [p.key for p in self.unsafe()]),
+                              **{OWN_ALERTS_KEY: ["run_failed"]})  # `schedule run`: no job_failed too
             return 1
         self.alerter.send("run_finished", text)
         return 0
