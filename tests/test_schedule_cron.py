@@ -135,3 +135,18 @@ def test_schedule_run_on_the_command_line_records_the_result(tmp_root):
     assert shown["bad"]["last_run"]["outcome"] == "failed"
     assert "run nope" in root.log_path("schedule").read_text()
     assert cli("schedule", "run", "nosuchjob", root=root).returncode == 2
+
+
+def test_cached_next_fire_agrees_with_the_walk_at_any_moment():
+    """The refresh loop's next fire (cached per minute) is the same as the full walk's, for
+    moments anywhere inside a minute and across days, weeks and months."""
+    import random
+
+    from pipeline.core.schedule import next_fire, next_fire_cached, parse_cron
+
+    rng = random.Random(7)
+    for text in ("*/15 * * * *", "0 21 * * 6", "30 */6 * * *", "15 * * * *", "0 4 1 * *"):
+        cron = parse_cron(text)
+        for _ in range(500):
+            at = 1.7e9 + rng.random() * 4e7
+            assert next_fire_cached(text, at) == next_fire(cron, at), (text, at)

@@ -6,6 +6,7 @@ alerts job_failed when a job fails or dies (pipeline/core/job_alerts.py).
 """
 from __future__ import annotations
 
+import functools
 import os
 import plistlib
 import re
@@ -123,9 +124,22 @@ def next_fire(cron: Cron, after: float) -> float | None:
     return None
 
 
+def next_fire_cached(cron_text: str, after: float) -> float | None:
+    """next_fire for a refresh loop: fires fall on whole minutes, so the first fire after any
+    moment of a minute is the first after that minute's start; kept per (cron text, minute)."""
+    return _next_fire_after_minute(cron_text, int(after // 60))
+
+
+@functools.lru_cache(maxsize=512)
+def _next_fire_after_minute(cron_text: str, minute: int) -> float | None:
+    return next_fire(parse_cron(cron_text), minute * 60.0)
+
+
+@functools.lru_cache(maxsize=512)
 def job_interval(cron_text: str) -> float:
     """The longest gap between consecutive runs over a reference fortnight: what "overdue"
-    is measured against."""
+    is measured against. A pure function of the cron text, so it is computed once per text
+    (it walks a fortnight of fire times: it was most of every status snapshot)."""
     cron = parse_cron(cron_text)
     t = datetime(2024, 1, 1).timestamp()
     end = t + 15 * 86400
@@ -344,12 +358,11 @@ def show(root, conn=None, now: float | None = None) -> list[dict]:
     runs = last_runs(conn) if conn is not None else {}
     out = []
     for job in load_jobs(root).values():
-        cron = parse_cron(job.cron)
         last = (runs.get(job.name) or [None])[0]
         out.append({"job": job.name, "cron": job.cron, "enabled": job.enabled,
                     "description": job.description,
                     "steps": [" ".join(s) for s in job.steps],
-                    "next_run": next_fire(cron, now) if job.enabled else None,
+                    "next_run": next_fire_cached(job.cron, now) if job.enabled else None,
                     "interval_s": job_interval(job.cron), "last_run": last})
     return out
 
