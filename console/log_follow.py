@@ -14,6 +14,9 @@ class LogFollow:
             return
         self.selected_key = key
         self.panels.logs.set_title(f"Log: {key}")
+        # title and lines change together: the previous stage's lines never sit under the
+        # new title while the new log is read
+        self.panels.logs.show_message(f"reading the log of {key}...")
         poller = self.pollers.get("log")
         if poller is not None:
             poller.generation += 1

@@ -152,3 +152,31 @@ def test_status_bar_says_not_safe_in_red_until_the_root_is_safe(tmp_path):
 
     asyncio.run(look(ConsoleApp(Root(root.path)), safe_text))
     assert "NOT SAFE" not in safe_text[0]
+
+
+def test_log_title_and_lines_change_together(tmp_path):
+    root = make_root(tmp_path / "root")
+    run_selftest_once(root)
+    with open(root.log_path("selftest"), "a") as fh:
+        fh.write("SELFTEST-ONLY line\n")
+    app = ConsoleApp(root)
+    seen = {}
+
+    async def scenario() -> None:
+        async with app.run_test(size=(140, 45)) as pilot:
+            table = app.query_one(StagesTable)
+            await wait_until(pilot, lambda: "local/selftest" in table.keys())
+            logs = app.query_one(LogsPanel)
+            table.focus()
+            await pilot.press("ctrl+end")     # the last row: selftest
+            await wait_until(pilot, lambda: any("SELFTEST-ONLY" in t for t in logs.visible_text()),
+                             what="the selftest log")
+            await pilot.press("space")        # refresh paused: only the selection change acts
+            await pilot.press("up")
+            await pilot.pause()
+            seen["title"] = logs.title_text
+            seen["lines"] = logs.visible_text()
+
+    asyncio.run(scenario())
+    assert seen["title"].startswith("Log: local/") and seen["title"] != "Log: local/selftest"
+    assert not any("SELFTEST-ONLY" in t for t in seen["lines"])
