@@ -43,6 +43,11 @@ class BackgroundActions:
         else:
             self.post_message(CommandLogged(entry))
 
+    def refuse(self, reason: str) -> None:
+        """An action that was not done: said on screen and kept in the command log."""
+        self.notify(reason, severity="warning")
+        self.log_command(f"refused: {reason}", "refused")
+
     def on_command_logged(self, message: CommandLogged) -> None:
         if self._showing():
             self.panels.commands.add(message.entry)

@@ -13,7 +13,7 @@ from typing import Callable
 class CommandEntry:
     at: float
     text: str
-    level: str = "info"   # info, ok, error
+    level: str = "info"   # info, ok, error, refused
 
     def line(self) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.at))

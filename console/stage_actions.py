@@ -19,7 +19,7 @@ class StageActions:
     def _selected(self) -> dict | None:
         row = self.row(self.panels.stages.selected_key())
         if row is None:
-            self.notify("select a stage first", severity="warning")
+            self.refuse("select a stage first")
         return row
 
     def action_start_stage(self) -> None:
@@ -27,7 +27,7 @@ class StageActions:
         if row is None:
             return
         if actions.is_live(row):
-            self.notify(f"{row_key(row)} is already {row['state']}", severity="warning")
+            self.refuse(f"{row_key(row)} is already {row['state']}")
             return
         self._start(row)
 
@@ -46,7 +46,7 @@ class StageActions:
         if row is None:
             return
         if not actions.is_live(row):
-            self.notify(f"{row_key(row)} is not running ({row.get('state')})", severity="warning")
+            self.refuse(f"{row_key(row)} is not running ({row.get('state')})")
             return
         self._stop(row)
 
@@ -72,10 +72,10 @@ class StageActions:
         if row is None:
             return
         if row.get("host", "local") != "local":
-            self.notify("signals reach local stages only; stop a worker with x", severity="warning")
+            self.refuse("signals reach local stages only; stop a worker with x")
             return
         if not actions.is_live(row) or not row.get("pid"):
-            self.notify(f"{row_key(row)} is not running", severity="warning")
+            self.refuse(f"{row_key(row)} is not running")
             return
         name, pid = row["name"], int(row["pid"])
         self.background("lock holders", lambda: self.sources.lock_holders_now(self.root),
@@ -122,7 +122,7 @@ class StageActions:
     def action_stop_all(self) -> None:
         rows = actions.stop_all_order(self.all_rows())
         if not rows:
-            self.notify("no stage is running")
+            self.refuse("no stage is running")
             return
         listing = ", ".join(row_key(r) for r in rows)
 
@@ -142,7 +142,7 @@ class StageActions:
             return
         host = row.get("host", "local")
         if host == "local":
-            self.notify("deploy is for worker hosts: select a worker's row", severity="warning")
+            self.refuse("deploy is for worker hosts: select a worker's row")
             return
         host_info = self._host(host)
 
@@ -167,7 +167,7 @@ class StageActions:
     def action_stop_run(self) -> None:
         row = self.row("local/pipeline")
         if row is None or not actions.is_live(row):
-            self.notify("the weekly run is not running", severity="warning")
+            self.refuse("the weekly run is not running")
             return
         self._stop(row)
 

@@ -181,3 +181,32 @@ def test_stop_all_order_follows_the_pipeline():
     order = [(r["host"], r["name"]) for r in stop_all_order(rows)]
     assert order == [("local", "sync"), ("local", "orchestrate"), ("local", "tar"),
                      ("local", "worker"), ("local", "selftest"), ("mbp", "worker")]
+
+
+def test_refusals_are_logged_and_the_log_wraps_at_the_panel_width(tmp_path):
+    root = make_root(tmp_path / "root")
+    run_selftest_once(root)  # the stage has a row, stopped
+
+    async def scenario() -> tuple[list[str], list[str], int]:
+        app = ConsoleApp(root)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await select_row(pilot, app, ROW)
+            await pilot.press("x")                # stop on a stopped stage: refused
+            await pilot.pause()
+            logged = [e.text for e in app.command_log.entries]
+            panel = app.query_one(CommandLogPanel)
+            await wait_until(pilot, lambda: any("refused" in t for t in panel.visible_text()),
+                             what="the refusal in the panel")
+            await pilot.resize_terminal(100, 40)   # narrower: the entry wraps
+            await pilot.pause()
+            await pilot.resize_terminal(160, 48)   # wider again: one line again
+            await pilot.pause()
+            width = panel.query_one("#cmdlog-view").scrollable_content_region.width
+            return logged, panel.visible_text(), width
+
+    logged, shown, width = asyncio.run(scenario())
+    assert any(t.startswith("refused: local/selftest is not running") for t in logged)
+    assert width > 40
+    line = next(t for t in shown if "refused" in t)
+    # one line at the panel's width, not wrapped at RichLog's 20-column minimum
+    assert "local/selftest is not running" in line
