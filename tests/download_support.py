@@ -262,7 +262,7 @@ def seed(root, rows) -> None:
 def write_config(root, **download) -> None:
     """The root's imageselector.toml [download] section (fast timeouts for tests)."""
     values = {"read_timeout_s": 1.0, "connect_timeout_s": 2.0, "max_tries": 2,
-              "backoff_s": 0.05, "backoff_max_s": 0.1, "min_free_gb": 0.0,
+              "backoff_s": 0.05, "backoff_max_s": 0.1,
               "commit_interval_s": 0.2, "idle_poll_s": 0.3, "stop_grace_s": 1.0}
     values.update(download)
     lines = ["[download]"]
@@ -273,6 +273,7 @@ def write_config(root, **download) -> None:
             lines.append(f'{key} = "{value}"')
         else:
             lines.append(f"{key} = {value}")
+    lines += ["[disk]", "min_free_gb = 0.0"]      # no disk floor (tests/test_disk_floors.py has them)
     root.config_path.write_text("\n".join(lines) + "\n")
 
 

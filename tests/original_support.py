@@ -9,7 +9,8 @@ The original root holds:
   rows [listing_id, image_id, global_row, h1..h7] (first 12 hex of the md5 of each float32
   vector, models in VECTOR_ORDER);
 - images/imagetarred/imageall_NNNNN.tar (tar N holds global rows N x per_tar onward) and
-  tar_index.json {"tars": {tar: {member: offset}}, "reverse": {"lid_iid": [tar, offset]}};
+  tar_index.json {"tars": {tar: {member: offset}}, "reverse": {"lid_iid": [tar, offset]}},
+  offsets being header offsets (Python's TarInfo.offset), the original's meaning;
 - images/imageprimary/imageprimary_NNNNN.tar (members {listing_id}.jpg, one listing updated
   by an append) and primary_index.json in the same shape;
 - images/imageembedded/ (bg-removed, not yet tarred), images/imagedownload/ (raw, and
@@ -158,6 +159,12 @@ def _write_tar(path: Path, members: list[tuple[str, bytes]], mode: str = "w") ->
     return offsets
 
 
+def header_offsets(path: Path) -> dict[str, int]:
+    """{member: header offset (TarInfo.offset)}: what the original's index files hold."""
+    with tarfile.open(path, "r:") as tf:
+        return {info.name: info.offset for info in tf}
+
+
 def build_original(path: Path, spec: Spec | None = None, **overrides) -> Truth:
     """Build an original root at ``path``; returns the truth an adoption must give."""
     import faiss
@@ -262,7 +269,8 @@ def build_original(path: Path, spec: Spec | None = None, **overrides) -> Truth:
         name = f"imageall_{t:05d}.tar"
         members = [(f"{emb[g][0]}_{emb[g][1]}.jpg", jpeg[emb[g]])
                    for g in range(t * spec.per_tar, (t + 1) * spec.per_tar)]
-        offsets = _write_tar(tars_dir / name, members)
+        _write_tar(tars_dir / name, members)
+        offsets = header_offsets(tars_dir / name)
         index["tars"][name] = offsets
         for member, off in offsets.items():
             index["reverse"][member[:-4]] = [name, off]
@@ -287,8 +295,8 @@ def build_original(path: Path, spec: Spec | None = None, **overrides) -> Truth:
     chunks = [prim[i:i + spec.primary_per_tar] for i in range(0, len(prim), spec.primary_per_tar)]
     for t, chunk in enumerate(chunks):
         name = f"imageprimary_{t:05d}.tar"
-        offsets = _write_tar(prim_dir / name, [(f"{lid}.jpg", jpeg[(lid, primary_of[lid])])
-                                                for lid in chunk])
+        _write_tar(prim_dir / name, [(f"{lid}.jpg", jpeg[(lid, primary_of[lid])]) for lid in chunk])
+        offsets = header_offsets(prim_dir / name)
         pindex["tars"][name] = offsets
         for lid in chunk:
             pindex["reverse"][str(lid)] = [name, offsets[f"{lid}.jpg"]]
@@ -300,8 +308,8 @@ def build_original(path: Path, spec: Spec | None = None, **overrides) -> Truth:
         _append_tar(prim_dir / name, f"{lid}.jpg", newer)
         with tarfile.open(prim_dir / name, "r:") as tf:
             infos = [i for i in tf if i.name == f"{lid}.jpg"]
-        pindex["tars"][name][f"{lid}.jpg"] = infos[-1].offset_data
-        pindex["reverse"][str(lid)] = [name, infos[-1].offset_data]
+        pindex["tars"][name][f"{lid}.jpg"] = infos[-1].offset
+        pindex["reverse"][str(lid)] = [name, infos[-1].offset]
         primary[lid] = newer
     (prim_dir / "primary_index.json").write_text(json.dumps(pindex))
 

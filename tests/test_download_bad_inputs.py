@@ -209,17 +209,22 @@ def test_low_disk_blocks_then_resumes_when_space_returns(tmp_root):
             checks.append(path)
             return 10**6 if len(checks) <= 3 else 10**13
 
+        from pipeline.core.diskfloor import DiskFloor
+
+        root.config_path.write_text("[disk]\nmin_free_gb = 1.0\ncheck_s = 0.01\n")
         ctx = _FakeCtx()
         conn = open_db(root)
         try:
-            settings = Settings(min_free_gb=1.0, idle_poll_s=0.01, commit_interval_s=0.01)
+            settings = Settings(idle_poll_s=0.01, commit_interval_s=0.01)
+            floor = DiskFloor(root, [root.download_dir], stage="download", free=free_bytes)
             downloader = Downloader(conn, root.download_dir, settings, logging.getLogger("t"), ctx,
-                                    free_bytes=free_bytes)
+                                    floor=floor)
             assert downloader.run() == 0
         finally:
             conn.close()
         assert server.requests == 5
-    assert len(ctx.states) == 2 and "below the floor of 1 GB" in ctx.states[0]
+    assert len(ctx.states) == 2 and ctx.states[0].startswith("disk low: ")
+    assert ctx.states[0].endswith(" 1.0 MB free, floor 1.0 GB")
     assert ctx.states[1] == "unblocked"
     assert ctx.counters["done"] == 5
     ds.check_db_matches_disk(root)

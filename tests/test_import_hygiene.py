@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("pipeline", "remote", "console", "imageselector")
 SHARED = ("pipeline.models", "pipeline.index", "pipeline.search", "pipeline.status",
-          "pipeline.batches", "pipeline.etsy", "pipeline.watch")
+          "pipeline.batches", "pipeline.etsy", "pipeline.watch", "pipeline.doctor")
 
 
 def module_name(path: Path) -> str:

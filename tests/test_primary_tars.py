@@ -73,8 +73,12 @@ def test_primaries_from_tars_and_loose_files(root):
         assert [m.name for m in tf.getmembers()] == [f"{1000 + k}.jpg" for k in range(5)]
     idx = json.loads((root.primary_dir / JSON_NAME).read_text())
     loc = primary_location(root, 1003)
-    assert idx["reverse"]["1003"] == [os.path.basename(loc["path"]), loc["offset"]]
-    assert idx["tars"][os.path.basename(loc["path"])]["1003.jpg"] == loc["offset"]
+    # primary_index.json holds header offsets (the original's meaning); the lookup, data offsets
+    with tarfile.open(loc["path"]) as tf:
+        header = next(m.offset for m in tf if m.name == "1003.jpg")
+        assert tf.getmember("1003.jpg").offset_data == loc["offset"]
+    assert idx["reverse"]["1003"] == [os.path.basename(loc["path"]), header]
+    assert idx["tars"][os.path.basename(loc["path"])]["1003.jpg"] == header
     assert primary_location(root, 999999) is None
 
 

@@ -76,13 +76,13 @@ def test_tars_hold_row_ranges_in_order_with_offsets(root):
         assert hashlib.sha256(data).hexdigest() == hashes[(lid, iid)]
     assert sum(1 for s in states.values() if s[0] == "embedded") == 10
     assert len(list(root.bgremoved_dir.iterdir())) == 10
-    # the original's combined index shape
+    # the original's combined index shape and meaning: header offsets (TarInfo.offset)
     write_combined_index(root.tars_dir)
     idx = json.loads((root.tars_dir / "tar_index.json").read_text())
     assert set(idx["tars"]) == {tar_name(0), tar_name(1)}
     first = members[0]
-    assert idx["tars"][tar_name(1)][first.name] == first.offset_data
-    assert idx["reverse"][first.name[:-4]] == [tar_name(1), first.offset_data]
+    assert idx["tars"][tar_name(1)][first.name] == first.offset
+    assert idx["reverse"][first.name[:-4]] == [tar_name(1), first.offset]
     assert len(idx["reverse"]) == 40
     _assert_nothing_lost(root, hashes)
 

@@ -29,12 +29,12 @@ def smtp(tmp_path):
         yield server
 
 
-def configure(root, smtp, tmp_path, extra: str = "", watch: str = "") -> Root:
+def configure(root, smtp, tmp_path, extra: str = "", watch: str = "", disk: str = "") -> Root:
     """Alerts to the loopback server; no disk floors unless a test sets one. The alerter's own
     de-duplication is off (dedupe_s = 0): only the watch's memory keeps an alert from going
     out twice."""
     text = alert_config(root, smtp, tmp_path / "smtp_password", dedupe_s=0.0)
-    text += "[watch]\nmin_free_gb = 0.0\nbackup_min_free_gb = 0.0\n" + watch
+    text += "[disk]\nmin_free_gb = 0.0\nbackup_min_free_gb = 0.0\n" + disk + "[watch]\n" + watch
     root.config_path.write_text(text + extra)
     return Root(root.path)
 
@@ -119,7 +119,7 @@ def test_a_check_that_cannot_look_clears_nothing(tmp_root, smtp, tmp_path):
 
 
 def test_disk_low_when_the_floor_is_above_free_space(tmp_root, smtp, tmp_path):
-    root = configure(tmp_root, smtp, tmp_path, watch="floors_gb = { \"%s\" = 1000000000.0 }\n" % tmp_root.path)
+    root = configure(tmp_root, smtp, tmp_path, disk="floors_gb = { \"%s\" = 1000000000.0 }\n" % tmp_root.path)
     result = watch_once(root)
     assert [c["kind"] for c in result["conditions"]] == ["disk_low"]
     assert kinds(smtp) == ["disk_low"]
