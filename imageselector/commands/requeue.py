@@ -1,4 +1,8 @@
-"""requeue: failed images back to discovered (the only way out of `failed`)."""
+"""requeue: failed images back to discovered, now and with a fresh retry count.
+
+A download failure is also retried by later download passes by itself, after a backoff and up
+to download.failed_retry_passes (pipeline/stages/download/retry.py); everything else that is
+`failed` (and a download that has used up its passes) waits for this command."""
 from __future__ import annotations
 
 from imageselector.cli import add_root_argument
@@ -22,7 +26,8 @@ def cmd_requeue(args) -> int:
             keys = conn.execute(sql, params).fetchall()
             if args.dry_run:
                 return len(keys)
-            return db.set_image_state(conn, keys, db.DISCOVERED, expect=db.FAILED, reason=None, attempts=0)
+            return db.set_image_state(conn, keys, db.DISCOVERED, expect=db.FAILED, reason=None,
+                                      attempts=0, retry_at=None, failed_passes=0)
 
     n = move()
     print(f"{'would requeue' if args.dry_run else 'requeued'} {n:,} failed image(s)")

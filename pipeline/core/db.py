@@ -353,8 +353,9 @@ CREATE TABLE IF NOT EXISTS watch_conditions (
 # image_status: a download failure is retried by a later download pass after a backoff, up to a
 # cap (pipeline/stages/download/retry.py): `retry_at` is when it is due (NULL: never by itself,
 # only by `requeue`), `failed_passes` how many passes in a row failed it. listings_static:
-# `first_seen`, set once and never overwritten; rows from before v5 take their oldest snapshot,
-# rows inserted without it (adoption: the original's snapshot time) take their snapshot time.
+# `first_seen`, set once and never overwritten by a later sighting: rows from before v5 take
+# their oldest snapshot, rows inserted without it (adoption) their snapshot time, and an older
+# snapshot stored later (the original's time series, adopted) moves it back to that time.
 _V5 = """
 ALTER TABLE image_status ADD COLUMN retry_at REAL;
 ALTER TABLE image_status ADD COLUMN failed_passes INTEGER NOT NULL DEFAULT 0;
@@ -369,9 +370,21 @@ WHEN NEW.first_seen IS NULL BEGIN
     UPDATE listings_static SET first_seen = nullif(NEW.snapshot_timestamp, 0)
     WHERE listing_id = NEW.listing_id;
 END;
+CREATE TRIGGER IF NOT EXISTS listings_dynamic_first_seen AFTER INSERT ON listings_dynamic
+WHEN NEW.snapshot_timestamp > 0 BEGIN
+    UPDATE listings_static SET first_seen = NEW.snapshot_timestamp
+    WHERE listing_id = NEW.listing_id
+      AND (first_seen IS NULL OR first_seen > NEW.snapshot_timestamp);
+END;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5]
+# v6: the reviews rule (pipeline/stages/sync/reviews.py): when a shop's reviews were last
+# read completely (or it was found gone), so a resumed pass does not ask again.
+_V6 = """
+ALTER TABLE shops_static ADD COLUMN reviews_checked_at REAL;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -22,7 +22,6 @@ import heapq
 import logging
 import queue
 import random
-import shutil
 import sqlite3
 import threading
 import time
@@ -37,6 +36,7 @@ from pipeline.stages.download.fetch import Fetcher
 from pipeline.stages.download.files import remove_temp_files
 from pipeline.stages.download.jobs import DONE, FAIL, GONE, LOCAL_ERROR, RELEASED, RETRY, Job, Result
 from pipeline.stages.download.pool import WorkerPool
+from pipeline.stages.download.retry import requeue_due
 from pipeline.stages.download.settings import Settings
 
 
@@ -45,14 +45,14 @@ class Downloader:
 
     def __init__(self, conn: sqlite3.Connection, download_dir: Path, settings: Settings,
                  log: logging.Logger, ctx, pause_requested: Callable[[], bool] = lambda: False,
-                 free_bytes: Callable[[Path], int] | None = None):
+                 floor=None):
         self.conn = conn
         self.dir = Path(download_dir)
         self.settings = settings
         self.log = log
         self.ctx = ctx
         self.pause_requested = pause_requested
-        self.free_bytes = free_bytes or (lambda p: shutil.disk_usage(p).free)
+        self.floor = floor          # pipeline.core.diskfloor.DiskFloor (None: no floor)
         self.abort = threading.Event()
         self.claimed: set[tuple[int, int]] = set()
         self.fresh: deque[Job] = deque()
@@ -166,7 +166,7 @@ class Downloader:
         done = [r for r in pending if r.kind == DONE]
         if done and self.settings.fsync:
             fsync_dir(self.dir)  # the renames are durable before the rows say so
-        commit_results(self.conn, pending)
+        commit_results(self.conn, pending, self.settings)
         for r in pending:
             self.claimed.discard(r.job.key)
         adopted = sum(1 for r in done if r.adopted)
@@ -193,15 +193,9 @@ class Downloader:
 
     # -- disk ------------------------------------------------------------------------------
     def disk_problem(self) -> str | None:
-        floor = self.settings.min_free_gb * 1e9
-        try:
-            free = self.free_bytes(self.dir)
-        except OSError as exc:
-            return f"cannot read free space of {self.dir} ({exc.strerror})"
-        if free < floor:
-            return (f"free disk {free / 1e9:.1f} GB on {self.dir} is below the floor of "
-                    f"{self.settings.min_free_gb:g} GB (download.min_free_gb)")
-        return None
+        """The download folder's volume is below its floor (the shared disk floors)."""
+        low = self.floor.check() if self.floor is not None else None
+        return low.reason() if low is not None else None
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -210,12 +204,16 @@ class Downloader:
         removed = remove_temp_files(self.dir)
         if removed:
             self.log.info("removed %d temp file(s) left by an earlier run", removed)
+        # A new pass: failed downloads whose backoff has passed are work again (retry.py).
+        requeued = requeue_due(self.conn, time.time())
+        if requeued:
+            self.log.info("%d failed download(s) due for another try: back to discovered", requeued)
+            ctx.progress(requeued, counter="requeued")
         fetcher = Fetcher(self.dir, s, self.abort)
         pool = WorkerPool(fetcher, s.workers, self.log)
         self.log.info("downloading with %d workers (%d in flight at most, per-host cap %s, "
                       "verify %s)", s.workers, s.max_in_flight, s.per_host or "none", s.verify)
         next_control = 0.0
-        blocked = False
         try:
             while True:
                 now = time.monotonic()
@@ -230,21 +228,17 @@ class Downloader:
                         self.flush()
                         if not ctx.checkpoint():  # blocks while paused
                             break
-                    if now >= self.next_disk_check:
+                    if now >= self.next_disk_check and self.floor is not None:
                         self.next_disk_check = now + 1.0
-                        problem = self.disk_problem()
-                        if problem:
+                        if self.disk_problem():
+                            # a safe point first: every handed-out download finished and
+                            # committed; then blocked, disk_low once, wait for room
                             self._drain(pool)
                             self.flush()
-                            ctx.blocked(problem)
-                            blocked = True
-                            if not ctx.sleep(min(5.0, s.idle_poll_s)):
+                            if not self.floor.wait(ctx):
                                 break
                             self.next_disk_check = 0.0
                             continue
-                        if blocked:
-                            ctx.unblocked()
-                            blocked = False
                 self._feed(pool)
                 if self.in_flight:
                     self._collect(pool, timeout=0.1)

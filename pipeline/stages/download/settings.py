@@ -19,11 +19,12 @@ class Settings:
     max_tries: int
     backoff_s: float
     backoff_max_s: float
+    failed_retry_after_s: float
+    failed_retry_passes: int
     max_redirects: int
     max_bytes: int
     max_pixels: int
     placeholder_max_bytes: int
-    min_free_gb: float
     verify: str
     fsync: bool
     commit_batch: int
@@ -49,6 +50,12 @@ class Settings:
             self.max_in_flight = self.workers
         if self.max_tries < 1:
             raise UserError(f"download.max_tries must be at least 1, got {self.max_tries}")
+        if self.failed_retry_after_s < 0:
+            raise UserError(f"download.failed_retry_after_s must be 0 or more, got "
+                            f"{self.failed_retry_after_s}")
+        if self.failed_retry_passes < 0:
+            raise UserError(f"download.failed_retry_passes must be 0 or more, got "
+                            f"{self.failed_retry_passes}")
         if self.verify not in ("draft", "full"):
             raise UserError(f"download.verify must be \"draft\" or \"full\", got {self.verify!r}")
         if self.per_host < 0:

@@ -31,11 +31,14 @@ def _value(item: dict, name: str):
     return value
 
 
+# first_seen is written by the insert alone (the original's rule: a listing's first-seen time
+# is kept, never overwritten); a row that has none (adopted without a time) takes this crawl's.
 _STATIC_SQL = (
-    f"INSERT INTO listings_static(listing_id, snapshot_timestamp, last_dynamic_ts, "
-    f"{', '.join(_LISTING_STATIC)}) VALUES (?, ?, ?, {', '.join('?' * len(_LISTING_STATIC))}) "
+    f"INSERT INTO listings_static(listing_id, snapshot_timestamp, last_dynamic_ts, first_seen, "
+    f"{', '.join(_LISTING_STATIC)}) VALUES (?, ?, ?, ?, {', '.join('?' * len(_LISTING_STATIC))}) "
     f"ON CONFLICT(listing_id) DO UPDATE SET snapshot_timestamp = excluded.snapshot_timestamp, "
     f"last_dynamic_ts = excluded.last_dynamic_ts, "
+    f"first_seen = coalesce(listings_static.first_seen, excluded.first_seen), "
     + ", ".join(f"{c} = excluded.{c}" for c in _LISTING_STATIC))
 _DYNAMIC_SQL = (
     "INSERT OR IGNORE INTO listings_dynamic(listing_id, snapshot_timestamp, state, ending_timestamp, "
@@ -80,7 +83,7 @@ def write_listings(conn: sqlite3.Connection, items: list[dict], images: dict[int
         lid = it["listing_id"]
         previous = last.get(lid)
         snapshot = previous is None or now - previous >= refresh_s
-        static_rows.append((lid, now, now if snapshot else previous,
+        static_rows.append((lid, now, now if snapshot else previous, now,
                             *(_value(it, c) for c in _LISTING_STATIC)))
         if snapshot:
             price = it.get("price") or {}
