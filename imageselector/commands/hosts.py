@@ -139,26 +139,13 @@ def cmd_trust(args) -> int:
 
 @_remote_errors_are_user_errors
 def cmd_check(args) -> int:
-    from remote.ssh import SSHConnection
-    from remote.transport import LocalTransport, SSHTransport
+    from pipeline.core.hosts import host_report
 
     root, hosts, settings = _load(args)
     host = hosts.get(args.name)
-    report: dict = {"name": host.name, "local": host.local}
-    if host.local:
-        transport = LocalTransport(host, root=host.root or root.path)
-        report["health"] = transport.health()
-    else:
-        conn = SSHConnection(host, hosts.known_hosts, settings).connect()
-        with SSHTransport(host, hosts.known_hosts, settings, connection=conn) as transport:
-            report["fingerprint"] = conn.host_key_fingerprint()
-            report["heartbeat_s"] = round(conn.heartbeat(), 4)
-            report["health"] = transport.health()
-            offset, rtt = transport.measure_clock()
-            report["clock_offset_s"], report["clock_rtt_s"] = round(offset, 3), round(rtt, 3)
+    report = host_report(root, hosts, host, settings)
     health = report["health"]
-    ok = bool(health.get("root_exists"))
-    report["ok"] = ok
+    ok = report["ok"]
     if args.json:
         print(json.dumps(report, indent=1))
         return 0 if ok else 1

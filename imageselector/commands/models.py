@@ -6,31 +6,9 @@ import json
 from imageselector.cli import add_root_argument
 
 
-def model_listing(root) -> dict:
-    """The registry as plain data (no model is loaded, torch is not imported)."""
-    from pipeline.models.registry import (MODELS, VECTOR_DIMS, VECTOR_ORDER, ModelSettings,
-                                 fetch_instructions, hf_cache_dir, weights_present)
-
-    settings = ModelSettings.from_config(root.config)
-    production = settings.profile == "production"
-    rows = []
-    for spec in MODELS:
-        present = weights_present(spec, settings) if production else None
-        rows.append({
-            "name": spec.name, "library": spec.library, "arch": spec.arch,
-            "source": spec.source, "dim": spec.dim, "text": spec.text,
-            "text_name": spec.text_name, "gated": spec.gated, "preprocess": spec.preprocess,
-            "weights_present": present,
-            "fetch": None if present or not production else fetch_instructions(spec, settings),
-        })
-    return {"profile": settings.profile,
-            "cache_dir": str(hf_cache_dir(settings)) if production else None,
-            "models": rows,
-            "vector_order": [{"name": n, "dim": VECTOR_DIMS[n]} for n in VECTOR_ORDER]}
-
-
 def cmd_models(args) -> int:
     from pipeline.core.root import Root
+    from pipeline.models.listing import model_listing
 
     listing = model_listing(Root.open(args.root))
     if args.json:

@@ -1,6 +1,9 @@
 """The orchestrator's workers: hosts.toml (or this machine alone) and their transports."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 from remote.hosts import Host, HostsFile, load_hosts
 
 IMPLICIT_LOCAL = "local"
@@ -46,3 +49,37 @@ def make_transport(root, hosts: HostsFile, host: Host, settings=None):
 
     return transport_for(host, hosts.known_hosts, settings or ssh_settings(root),
                          local_root=root.path)
+
+
+@contextmanager
+def connected(root, hosts: HostsFile, host: Host, settings=None) -> Iterator[tuple[object, dict]]:
+    """(transport, facts) for a worker, connected: over SSH the host key is verified against
+    known_hosts first (a RemoteError says what is wrong: unknown or changed key, refused
+    client key, no answer); ``facts`` holds the key fingerprint and a heartbeat round trip.
+    `hosts check` and `doctor` both start here."""
+    from remote.ssh import SSHConnection
+    from remote.transport import LocalTransport, SSHTransport
+
+    settings = settings or ssh_settings(root)
+    if host.local:
+        yield LocalTransport(host, root=host.root or root.path), {}
+        return
+    conn = SSHConnection(host, hosts.known_hosts, settings).connect()
+    with SSHTransport(host, hosts.known_hosts, settings, connection=conn) as transport:
+        facts = {"fingerprint": conn.host_key_fingerprint(),
+                 "heartbeat_s": round(conn.heartbeat(), 4)}
+        yield transport, facts
+
+
+def host_report(root, hosts: HostsFile, host: Host, settings=None) -> dict:
+    """What `hosts check` shows: reachable, key fingerprint, heartbeat, health (load, memory,
+    disk of the root, GPUs), and over SSH the clock offset; ``ok`` when the root exists."""
+    report: dict = {"name": host.name, "local": host.local}
+    with connected(root, hosts, host, settings) as (transport, facts):
+        report.update(facts)
+        report["health"] = transport.health()
+        if not host.local:
+            offset, rtt = transport.measure_clock()
+            report["clock_offset_s"], report["clock_rtt_s"] = round(offset, 3), round(rtt, 3)
+    report["ok"] = bool(report["health"].get("root_exists"))
+    return report

@@ -1,0 +1,48 @@
+"""One line of the doctor's verdict. ``severity``: ``ok`` (passed), ``note`` (not checked
+here, with the reason), ``warning`` (worth fixing, the run works), ``failure`` (would stop or
+spoil the run: the doctor exits 1)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+OK, NOTE, WARNING, FAILURE = "ok", "note", "warning", "failure"
+SEVERITIES = (OK, NOTE, WARNING, FAILURE)
+
+
+@dataclass(frozen=True)
+class Check:
+    area: str
+    name: str
+    ok: bool
+    severity: str
+    text: str
+    fix: str = ""
+
+    def __post_init__(self):
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"unknown severity {self.severity!r}")
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        mark = {OK: "ok  ", NOTE: "--  ", WARNING: "WARN", FAILURE: "FAIL"}[self.severity]
+        text = f"{mark} {self.area}: {self.name}: {self.text}"
+        return text + (f"\n       fix: {self.fix}" if self.fix and not self.ok else "")
+
+
+def passed(area: str, name: str, text: str) -> Check:
+    return Check(area, name, True, OK, text)
+
+
+def noted(area: str, name: str, text: str) -> Check:
+    return Check(area, name, True, NOTE, text)
+
+
+def problem(area: str, name: str, text: str, fix: str, severity: str = FAILURE) -> Check:
+    return Check(area, name, False, severity, text, fix)
+
+
+def exit_code(checks: list[Check]) -> int:
+    """0 when nothing would stop or spoil the run, else 1."""
+    return 1 if any(c.severity == FAILURE for c in checks) else 0
