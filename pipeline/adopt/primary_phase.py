@@ -95,21 +95,24 @@ class PrimaryPhase:
         checks[int(PRIMARY_RE.match(path.name).group(1))] = check
 
     def _primary_records(self, index_path: Path | None, checks: dict, rel: str) -> dict:
-        """listing_id -> (tar number, data offset, size), from the index's reverse map
-        (checked against the tars) or, without one, the last member of each listing."""
-        members: dict[tuple[int, int], tuple[str, int]] = {}    # (tar, data offset) -> (name, size)
-        headers: dict[tuple[int, int], int] = {}                 # (tar, header offset) -> data offset
+        """listing_id -> (tar number, data offset, size, header offset), from the index's
+        reverse map (checked against the tars) or, without one, the last member of each
+        listing. The reverse map holds header offsets (the original's meaning), each turned
+        into its member's data offset through the walk (extension headers included); a data
+        offset there is recognised too."""
+        members: dict[tuple[int, int], tuple[str, int, int]] = {}  # (tar, data offset) -> (name, size, header)
+        headers: dict[tuple[int, int], int] = {}                   # (tar, header offset) -> data offset
         for number, check in checks.items():
             for m in check.members:
-                members[(number, m.offset)] = (m.name, m.size)
-                headers[(number, m.offset - 512)] = m.offset
-        out: dict[int, tuple[int, int, int]] = {}
+                members[(number, m.offset)] = (m.name, m.size, m.header)
+                headers[(number, m.header)] = m.offset
+        out: dict[int, tuple[int, int, int, int]] = {}
         if index_path is None:
             for number in sorted(checks):
                 for m in checks[number].members:
                     lid = tz.parse_primary(m.name)
                     if lid is not None:
-                        out[lid] = (number, m.offset, m.size)
+                        out[lid] = (number, m.offset, m.size, m.header)
             return out
         try:
             for key, value in iter_member(index_path, "reverse"):
@@ -123,16 +126,17 @@ class PrimaryPhase:
                     self.report.inconsistent("primary_index_disagrees",
                                              f"listing {key}: points at {value!r}, not an adopted tar")
                     continue
-                off = value[1]
-                if (number, off) not in members and (number, off) in headers:
-                    off = headers[(number, off)]
+                # the header offset first (the original's meaning), then a data offset
+                off = next((o for o in (headers.get((number, value[1])), value[1])
+                            if o is not None and members.get((number, o), ("",))[0] == f"{key}.jpg"),
+                           value[1])
                 got = members.get((number, off))
                 if got is None or got[0] != f"{key}.jpg":
                     self.report.inconsistent("primary_index_disagrees",
                                              f"listing {key}: {value[0]} {value[1]} is "
                                              f"{'no member' if got is None else got[0]}")
                     continue
-                out[int(key)] = (number, off, got[1])
+                out[int(key)] = (number, off, got[1], got[2])
         except (JSONShapeError, UnicodeDecodeError) as exc:
             self.report.bad(f"{rel}/primary_index.json", f"reverse map unreadable ({exc})",
                             "primary records rebuilt from the tars' last members")
@@ -155,8 +159,9 @@ class PrimaryPhase:
         image_of = dict(self.conn.execute("SELECT listing_id, MIN(image_id) FROM images "
                                           "WHERE is_primary = 1 GROUP BY listing_id"))
         state = pm.PrimaryState(1, {}, {}, {})
-        for lid, (number, off, size) in records.items():
-            state.records[lid] = pm.PrimaryRecord(lid, int(image_of.get(lid, 0)), number, off, size)
+        for lid, (number, off, size, header) in records.items():
+            state.records[lid] = pm.PrimaryRecord(lid, int(image_of.get(lid, 0)), number, off, size,
+                                                  header)
         for number, check in checks.items():
             state.ends[number] = check.end
             state.counts[number] = len(check.members)

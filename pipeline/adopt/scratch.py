@@ -22,7 +22,7 @@ SCHEMA = [
         PRIMARY KEY (listing_id, image_id)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS scratch.tarpos (
         listing_id INTEGER NOT NULL, image_id INTEGER NOT NULL, tar_name TEXT NOT NULL,
-        tar_offset INTEGER NOT NULL,
+        tar_offset INTEGER NOT NULL, tar_header INTEGER,
         PRIMARY KEY (listing_id, image_id)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS scratch.tarbad (
         listing_id INTEGER NOT NULL, image_id INTEGER NOT NULL, tar_name TEXT, reason TEXT,

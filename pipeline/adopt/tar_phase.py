@@ -95,8 +95,9 @@ class TarPhase:
         self.log.info("%s: %d members checked in %.1f s", name, len(check.members), time.perf_counter() - t0)
         for issue in check.issues:
             log.inconsistent("tar_index_disagrees", issue)
-        if check.header_offsets:
-            log.note(f"{rel}/{name}: tar_index.json gives header offsets; data offsets recorded")
+        if check.data_offsets:
+            log.note(f"{rel}/{name}: tar_index.json gives {check.data_offsets:,} data offsets, not "
+                     f"the original's header offsets; each member found by its data offset")
         if not check.ok:
             keys = [tz.parse_member(m) for m in (mapping or {})] or \
                 [tz.parse_member(m) for m in check.walked]
@@ -124,15 +125,17 @@ class TarPhase:
         for m in members:
             key = tz.parse_member(m.name)
             if key:
-                rows.append((key[0], key[1], name, int(m.offset)))
+                rows.append((key[0], key[1], name, int(m.offset), int(m.header)))
             else:
                 log.inconsistent("tar_index_disagrees", f"{name}: member {m.name} is not named "
                                                         f"{{listing_id}}_{{image_id}}.jpg")
         log.count("tar members", "recorded", len(rows))
-        self._record(item, log, "INSERT OR REPLACE INTO scratch.tarpos VALUES (?, ?, ?, ?)", rows)
+        self._record(item, log, "INSERT OR REPLACE INTO scratch.tarpos (listing_id, image_id, "
+                                "tar_name, tar_offset, tar_header) VALUES (?, ?, ?, ?, ?)", rows)
 
     def _check_reverse(self, index_path: Path, rel: str) -> None:
-        """The reverse map of tar_index.json against the tars (data or header offsets)."""
+        """The reverse map of tar_index.json against the tars: each entry the member's header
+        offset (the original's meaning) or, recognised too, its data offset."""
         if scratch.is_done(self.x, "tar-reverse"):
             return
         batch = []
@@ -156,13 +159,14 @@ class TarPhase:
         if batch:
             flush()
         bad = self.x.execute(
-            "SELECT r.listing_id, r.image_id, r.tar_name, r.tar_offset, t.tar_name, t.tar_offset "
-            "FROM scratch.rev r LEFT JOIN scratch.tarpos t ON t.listing_id = r.listing_id "
-            "AND t.image_id = r.image_id WHERE t.tar_name IS NULL OR t.tar_name != r.tar_name OR "
-            "t.tar_offset NOT IN (r.tar_offset, r.tar_offset + 512)").fetchall()
-        for lid, iid, rt, ro, tt, to in bad:
+            "SELECT r.listing_id, r.image_id, r.tar_name, r.tar_offset, t.tar_name, t.tar_header, "
+            "t.tar_offset FROM scratch.rev r LEFT JOIN scratch.tarpos t ON t.listing_id = "
+            "r.listing_id AND t.image_id = r.image_id WHERE t.tar_name IS NULL OR t.tar_name != "
+            "r.tar_name OR r.tar_offset NOT IN (t.tar_header, t.tar_offset)").fetchall()
+        for lid, iid, rt, ro, tt, th, to in bad:
+            where = f"{tt} (header at {th}, data at {to})" if tt else "none of them"
             self.report.inconsistent("tar_index_disagrees", f"reverse map puts {lid}_{iid} at {rt} "
-                                                            f"{ro}; the tars have {tt} {to}")
+                                                            f"{ro}; the tars have it in {where}")
         with scratch.Tx(self.x):
             self.x.execute("DELETE FROM scratch.rev")
             scratch.mark_done(self.x, "tar-reverse")

@@ -7,8 +7,12 @@ the sha256 the new per-tar index (`imageall_NNNNN.idx.json`) records, and a samp
 members is decoded as images. A tar that is truncated (a member or the end-of-archive
 blocks past its end) or whose sampled members do not decode is refused whole.
 
-The original's offsets may be data offsets (the new system's convention) or header offsets;
-both are recognised and the new indexes always hold data offsets.
+The original's index files hold header offsets (Python's `TarInfo.offset`: where a member's
+first header block starts, pax or GNU extension headers included). Each is converted to its
+member's data offset by the walk, which reads every header chain as tarfile does (so a
+member behind extension headers is not taken for header + 512). An index entry that is the
+member's data offset instead is recognised too (and counted). The new per-tar index records
+both offsets; the new DB and primary_index.bin seek by data offsets.
 """
 from __future__ import annotations
 
@@ -28,8 +32,8 @@ NAME_SUFFIX = ".jpg"
 @dataclass
 class Walked:
     name: str
-    header: int
-    offset: int      # data offset
+    header: int      # header offset (TarInfo.offset)
+    offset: int      # data offset (TarInfo.offset_data)
     size: int
     sha256: str = ""
 
@@ -42,7 +46,8 @@ class TarCheck:
     issues: list = field(default_factory=list)      # index disagreements (tar still adopted)
     end: int = 0                                    # end of the last member (padded)
     size: int = 0
-    header_offsets: int = 0                         # index entries given as header offsets
+    header_offsets: int = 0                         # index entries that are header offsets (the original's meaning)
+    data_offsets: int = 0                           # index entries that are data offsets instead
     walked: list = field(default_factory=list)      # member names the walk read (even when cut)
 
     @property
@@ -192,11 +197,13 @@ def check_tar(path: Path, index: dict | None, sample: int, rng: random.Random,
                 check.issues.append(f"{path.name}: index entry {name} has offset {off!r}")
             elif w is None:
                 check.issues.append(f"{path.name}: index names {name}, which the tar does not hold")
-            elif off == w.header and off != w.offset:
+            elif off == w.header:
                 check.header_offsets += 1
-            elif off != w.offset:
-                check.issues.append(f"{path.name}: index puts {name} at {off}, its data starts at "
-                                    f"{w.offset}")
+            elif off == w.offset:
+                check.data_offsets += 1
+            else:
+                check.issues.append(f"{path.name}: index puts {name} at {off}; its header starts "
+                                    f"at {w.header}, its data starts at {w.offset}")
         for name in by_name:
             if name not in index:
                 check.issues.append(f"{path.name}: member {name} is not in the index")
@@ -213,7 +220,7 @@ def check_tar(path: Path, index: dict | None, sample: int, rng: random.Random,
                 check.problems.append(f"member {w.name} at {w.offset} does not decode as an "
                                       f"image ({err})")
                 return check
-    check.members = [Member(w.name, w.offset, w.size, w.sha256) for w in walked]
+    check.members = [Member(w.name, w.offset, w.size, w.sha256, w.header) for w in walked]
     return check
 
 

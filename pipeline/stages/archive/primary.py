@@ -5,10 +5,13 @@ any listing's picture with one seek.
 Files in `images/imageprimary/`:
     imageprimary_NNNNN.tar   up to archive.primary_per_tar members each; the last one grows
     primary_index.bin        the committed state and the fast lookup: fixed-width records
-                             sorted by listing id (binary search over an mmap, nothing loaded),
-                             plus each tar's committed length
-    primary_index.json       the original's shape, derived from the .bin after each commit:
-                             {"tars": {tar: {"{lid}.jpg": offset}}, "reverse": {"{lid}": [tar, offset]}}
+                             sorted by listing id (binary search over an mmap, nothing loaded)
+                             holding each member's data offset (what readers seek to), size and
+                             header offset, plus each tar's committed length
+    primary_index.json       the original's shape and meaning, derived from the .bin after each
+                             commit: {"tars": {tar: {"{lid}.jpg": header_offset}},
+                             "reverse": {"{lid}": [tar, header_offset]}}, header offsets being
+                             Python's TarInfo.offset, as the original's (tarmembers.py)
 
 Updates are append-only (the original's full rebuild took 3.5 hours): new members are
 written after the last tar's committed end, fsynced, and only then the .bin is replaced
@@ -38,9 +41,9 @@ from pipeline.stages.archive.tarindex import loose_path
 from pipeline.stages.archive.tarmembers import BLOCK, TarAborted, member_name, read_member_at, write_members
 
 PRIMARY_RE = re.compile(r"^imageprimary_(\d{5,})\.tar$")
-MAGIC = b"ISPRIM01"
+MAGIC = b"ISPRIM02"
 _HEAD = struct.Struct("<8sQQI")      # magic, generation, count, trailer length
-_REC = struct.Struct("<QQIQI")       # listing_id, image_id, tar number, data offset, size
+_REC = struct.Struct("<QQIQIQ")      # listing_id, image_id, tar number, data offset, size, header offset
 BIN_NAME = "primary_index.bin"
 JSON_NAME = "primary_index.json"
 FULL_DIR = ".full"
@@ -60,8 +63,13 @@ class PrimaryRecord:
     listing_id: int
     image_id: int
     tar: int
-    offset: int
+    offset: int       # data offset
     size: int
+    header: int = -1  # header offset (TarInfo.offset); -1: a plain ustar member, offset - 512
+
+    def __post_init__(self) -> None:
+        if self.header < 0:
+            self.header = self.offset - BLOCK
 
 
 @dataclass
@@ -85,7 +93,7 @@ def encode_state(state: PrimaryState) -> bytes:
     recs = sorted(state.records.values(), key=lambda r: r.listing_id)
     out = bytearray(_HEAD.pack(MAGIC, state.generation, len(recs), len(trailer)))
     for r in recs:
-        out += _REC.pack(r.listing_id, r.image_id, r.tar, r.offset, r.size)
+        out += _REC.pack(r.listing_id, r.image_id, r.tar, r.offset, r.size, r.header)
     out += trailer
     return bytes(out)
 
@@ -98,8 +106,8 @@ def decode_state(data: bytes, where: str = BIN_NAME) -> PrimaryState:
         raise UserError(f"{where}: not a primary index (bad magic or length); run primary --full")
     records = {}
     for i in range(count):
-        lid, iid, tar, off, size = _REC.unpack_from(data, _HEAD.size + i * _REC.size)
-        records[lid] = PrimaryRecord(lid, iid, tar, off, size)
+        lid, iid, tar, off, size, header = _REC.unpack_from(data, _HEAD.size + i * _REC.size)
+        records[lid] = PrimaryRecord(lid, iid, tar, off, size, header)
     trailer = json.loads(data[_HEAD.size + count * _REC.size:])
     return PrimaryState(gen, records, {int(k): int(v) for k, v in trailer["ends"].items()},
                         {int(k): int(v) for k, v in trailer["counts"].items()})
@@ -114,7 +122,8 @@ def load_state(primary_dir: Path) -> PrimaryState:
 
 
 def write_json_index(primary_dir: Path, state: PrimaryState) -> None:
-    """The original's primary_index.json, streamed (a million listings is ~60 MB)."""
+    """The original's primary_index.json (header offsets, the original's meaning), streamed
+    (a million listings is ~60 MB)."""
     out = Path(primary_dir) / JSON_NAME
     tmp = out.with_name(f".{out.name}.tmp")
     by_tar: dict[int, list[PrimaryRecord]] = {}
@@ -123,11 +132,11 @@ def write_json_index(primary_dir: Path, state: PrimaryState) -> None:
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(f'{{"generation": {state.generation}, "tars": {{')
         for i, tar in enumerate(sorted(by_tar)):
-            body = ",".join(f'"{r.listing_id}.jpg": {r.offset}'
+            body = ",".join(f'"{r.listing_id}.jpg": {r.header}'
                             for r in sorted(by_tar[tar], key=lambda r: r.offset))
             fh.write(("," if i else "") + f'"{primary_tar_name(tar)}": {{{body}}}')
         fh.write('}, "reverse": {')
-        fh.write(",".join(f'"{r.listing_id}": ["{primary_tar_name(r.tar)}", {r.offset}]'
+        fh.write(",".join(f'"{r.listing_id}": ["{primary_tar_name(r.tar)}", {r.header}]'
                           for r in sorted(state.records.values(), key=lambda r: r.listing_id)))
         fh.write("}}")
         fh.flush()
@@ -187,9 +196,10 @@ def _view(primary_dir: Path) -> _BinView | None:
 
 
 def primary_location(root, listing_id: int, conn=None) -> dict | None:
-    """{"path", "offset", "size"} of a listing's primary image: in the primary tars when it
-    is there; otherwise (with a DB connection) the primary image in its all-image tar or its
-    loose file in imageall_new/ (offset and size None for a loose file). None: unknown."""
+    """{"path", "offset", "size"} of a listing's primary image (offset: the data offset, one
+    seek away; search's `primary_image`): in the primary tars when it is there; otherwise
+    (with a DB connection) the primary image in its all-image tar or its loose file in
+    imageall_new/ (offset and size None for a loose file). None: unknown."""
     view = _view(root.primary_dir)
     rec = view.find(int(listing_id)) if view else None
     if rec is not None:
@@ -375,7 +385,7 @@ class PrimaryUpdater:
                         result.replaced += 1
                     else:
                         result.added += 1
-                    new_state.records[lid] = PrimaryRecord(lid, iid, number, m.offset, m.size)
+                    new_state.records[lid] = PrimaryRecord(lid, iid, number, m.offset, m.size, m.header)
                 new_state.ends[number] = members[-1].offset + _padded(members[-1].size)
                 new_state.counts[number] = new_state.counts.get(number, 0) + len(members)
                 written_any = True

@@ -3,8 +3,17 @@ global rows N x 10,000 onward (members `{listing_id}_{image_id}.jpg` in global-r
 Names, writing ustar members, verifying a tar by a header walk, and reading one member by
 its offset (the primary tars use the same writer and reader).
 
-Offsets are *data* offsets (the member's first byte; its 512-byte header sits just
-before), so an image is one seek away; readers check that header before trusting one.
+Two offsets name a member (DECISIONS.md, "Shapes on the wire"):
+- the *header* offset (Python's `TarInfo.offset`): where the member's first header block
+  starts, pax or GNU extension headers included. The files under the original's names
+  (`tar_index.json`, `primary_index.json`) hold these, as the original's did;
+- the *data* offset (`TarInfo.offset_data`): the member's first byte. The project's own
+  stores (the DB's `image_status.tar_offset`, `imageall_NNNNN.idx.json`, `primary_index.bin`,
+  search's `primary_image.offset`) hold these, so an image is one seek away; readers check
+  the ustar header just before the data before trusting one.
+This project writes plain ustar members, so its header offsets are data offsets - 512; an
+adopted tar may carry extension headers, so a header offset is read (`header_at`), never
+computed from a data offset.
 """
 from __future__ import annotations
 
@@ -63,9 +72,14 @@ def _header(name: str, size: int, mtime: int, mode: int = 0o644) -> bytes:
 @dataclass
 class Member:
     name: str
-    offset: int      # data offset
+    offset: int      # data offset: the member's first byte
     size: int
     sha256: str
+    header: int = -1  # header offset (TarInfo.offset); -1: a plain ustar member, offset - 512
+
+    def __post_init__(self) -> None:
+        if self.header < 0:
+            self.header = self.offset - BLOCK
 
 
 @dataclass
@@ -104,7 +118,7 @@ def write_members(out_path: Path, sources: Iterable[tuple[str, Path | bytes]],
             pad = (-len(data)) % BLOCK
             if pad:
                 fh.write(b"\0" * pad)
-            members.append(Member(name, pos + BLOCK, len(data), hashlib.sha256(data).hexdigest()))
+            members.append(Member(name, pos + BLOCK, len(data), hashlib.sha256(data).hexdigest(), pos))
             pos += BLOCK + len(data) + pad
         end = pos
         trailer = 2 * BLOCK
@@ -133,7 +147,7 @@ def walk_headers(path: Path) -> list[tarfile.TarInfo]:
 def verify_tar(path: Path, members: list[Member], sample: int = 100,
                loose: Callable[[str], Path | None] | None = None,
                rng: random.Random | None = None) -> None:
-    """Member count, names, types, sizes and data offsets by a header walk; sha256 of a sample
+    """Member count, names, types, sizes, header and data offsets by a header walk; sha256 of a sample
     (first, last and ``sample`` random members) read by offset, compared with the recorded
     hash and, where ``loose`` gives a file, with the loose file itself. Raises TarError."""
     try:
@@ -143,10 +157,11 @@ def verify_tar(path: Path, members: list[Member], sample: int = 100,
     if len(infos) != len(members):
         raise TarError(f"{path}: {len(infos)} members, expected {len(members)}")
     for info, m in zip(infos, members):
-        if info.name != m.name or info.offset_data != m.offset or info.size != m.size \
-                or info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-            raise TarError(f"{path}: member {info.name!r} at {info.offset_data} does not match "
-                           f"the index ({m.name!r} at {m.offset}, {m.size} bytes)")
+        if info.name != m.name or info.offset_data != m.offset or info.offset != m.header \
+                or info.size != m.size or info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            raise TarError(f"{path}: member {info.name!r} (header at {info.offset}, data at "
+                           f"{info.offset_data}) does not match the index ({m.name!r}, header at "
+                           f"{m.header}, data at {m.offset}, {m.size} bytes)")
     if not members:
         return
     rng = rng or random.Random()
@@ -176,6 +191,23 @@ def _read_at(fh, offset: int, size: int) -> bytes:
 # ---------------------------------------------------------------------------
 # Reading one member by offset
 # ---------------------------------------------------------------------------
+def header_at(fh, header_offset: int) -> tarfile.TarInfo:
+    """The member whose header chain starts at ``header_offset`` (a header offset, as in the
+    original's index files), read as Python's tarfile reads it: pax and GNU long-name headers
+    are followed, so the result's ``offset_data`` and ``name`` are the member's own."""
+    if header_offset < 0 or header_offset % BLOCK:
+        raise TarError(f"offset {header_offset} cannot be a member's header offset")
+    fh.seek(header_offset)
+    try:
+        # TarFile reads its first member from the file's current position
+        info = tarfile.TarFile(fileobj=fh, mode="r").firstmember
+    except (tarfile.TarError, EOFError) as exc:
+        raise TarError(f"no valid tar header at offset {header_offset} ({exc})") from None
+    if info is None:
+        raise TarError(f"no valid tar header at offset {header_offset}")
+    return info
+
+
 def read_header_at(fh, data_offset: int) -> tarfile.TarInfo:
     if data_offset < BLOCK:
         raise TarError(f"offset {data_offset} cannot be a member's data offset")

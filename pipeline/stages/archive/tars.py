@@ -4,11 +4,12 @@ format is pipeline/stages/archive/tarmembers.py, its index files tarindex.py).
 Writing one tar is crash-safe in this order (ORIGINAL_SYSTEM.md, Archives):
 
 1. members are written to `.imageall_NNNNN.tar.partial`, fsynced;
-2. the partial is verified: member count, names and data offsets by a header walk, and
+2. the partial is verified: member count, names, header and data offsets by a header walk, and
    the sha256 of a sample of members against their loose files;
-3. its per-tar index `imageall_NNNNN.idx.json` is written (atomic), then a journal
+3. its per-tar index `imageall_NNNNN.idx.json` (each member's data and header offsets,
+   size and sha256) is written (atomic), then a journal
    `run/tar_journal.json` naming the tar, then the partial is renamed to its final name;
-4. one transaction marks the images `tarred` with (tar_name, tar_offset);
+4. one transaction marks the images `tarred` with (tar_name, tar_offset), the data offset;
 5. the loose files are removed, and the journal with them.
 
 A restart reads the journal: with the final tar present it completes steps 4-5, without
