@@ -98,6 +98,8 @@ class Quota:
             remaining = header_int(headers, "x-remaining-today")
             per_second = header_int(headers, "x-limit-per-second")
             left_second = header_int(headers, "x-remaining-this-second")
+            if left_second is None:  # the spelling on Etsy's current docs page
+                left_second = header_int(headers, "x-remaining-this-secon")
             if limit is not None:
                 old = self.known_limit
                 self.limit_per_day = limit
@@ -129,4 +131,5 @@ class Quota:
                     else self.limit_per_day - self.remaining_today)
             return {"limit_per_day": self.limit_per_day, "remaining_today": self.remaining_today,
                     "requests_today": used, "limit_per_second": self.limit_per_second,
+                    "remaining_this_second": self.remaining_this_second,
                     "daily_floor": self.floor}

@@ -42,6 +42,9 @@ def listing_problem(item) -> str | None:
         value = item.get(name)
         if value is not None and (not isinstance(value, list) or not all(isinstance(x, str) for x in value)):
             return f"listing {lid}: {name} is not a list of text"
+    partners = item.get("production_partners")
+    if partners is not None and (not isinstance(partners, list) or not all(isinstance(x, dict) for x in partners)):
+        return f"listing {lid}: production_partners is not a list of objects"
     for name in ("item_length", "item_width", "item_height", "item_weight"):
         value = item.get(name)
         if value is not None and not _is_num(value):

@@ -66,7 +66,7 @@ def _backup_part(root: Root, port: int) -> dict[str, dict]:
 def _small_batches_part(root: Root, port: int) -> dict[str, dict]:
     """A few hundred listings: small batches and tars, so every queue moves in minutes."""
     return {"orchestrate": {"batch_size": 50}, "archive": {"images_per_tar": 100},
-            "download": {"min_free_gb": 1.0}}
+            "disk": {"min_free_gb": 1.0, "backup_min_free_gb": 1.0}}
 
 
 # Each part returns config sections to merge into the sandbox's imageselector.toml.

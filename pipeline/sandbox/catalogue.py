@@ -9,6 +9,10 @@ made only when asked for.
 
 The taxonomy is Etsy's real furniture subtree (taxonomy.py).
 
+The catalogue has a clock (``now()``: the epoch, moved on by ``advance_clock``): a shop's
+reviews are those created by then, and ``review_count`` counts those of the past year only,
+as Etsy's ``Shop.review_count`` does.
+
 Ground truth for tests: ``expected()`` (every listing with its images, primary, shop),
 ``shop()``, ``reviews()``, ``similar_groups()`` (listings whose primary images show the
 same object from a slightly different angle, on a different background), ``image_kind()``
@@ -70,6 +74,7 @@ class Catalogue:
         self.n_base = listings
         # Whole hours, so two catalogues built within the same hour agree.
         self.epoch = int(epoch if epoch is not None else time.time() // 3600 * 3600)
+        self.clock_s = 0
         self.image_base = image_base.rstrip("/")
         self.placeholder_fraction = placeholder_fraction
         self.missing_fraction = missing_fraction
@@ -223,8 +228,24 @@ class Catalogue:
         return [node_json(t) for t, n in self.nodes.items() if n.parent is None]
 
     def listing(self, index: int) -> dict:
-        """The ShopListing as findAllListingsActive returns it (no images)."""
+        """The ShopListing as findAllListingsActive returns it (no images; no ``views`` and
+        no ``production_partners``: the spec's ShopListing has neither)."""
         return dict(_listing_cached(self, index))
+
+    def listing_with_associations(self, index: int) -> dict:
+        """The ShopListingWithAssociations of getListingsByListingIds: the ShopListing with
+        ``views`` and ``production_partners`` (images and shop are added by the caller)."""
+        return {**_listing_cached(self, index), **self.associations(index)}
+
+    def associations(self, index: int) -> dict:
+        rng = stable_rng("assoc", self.seed, index)
+        partners = []
+        if rng.random() < 0.25:
+            for k in range(rng.choice((1, 1, 2))):
+                pid = 9_000_000 + rng.randrange(200)
+                partners.append({"production_partner_id": pid, "partner_name": f"Workshop {pid % 1000}",
+                                 "location": rng.choice(("Portland, OR", "Leeds, UK", "Lyon, FR"))})
+        return {"views": rng.randrange(0, 5000), "production_partners": partners}
 
     def images(self, index: int) -> list[dict]:
         return [self.image(index, k) for k in range(self.nimg[index])]
@@ -294,14 +315,23 @@ class Catalogue:
             "review_average": round(rng.uniform(3.5, 5.0), 4) if reviews else None,
         }
 
+    def now(self) -> int:
+        return self.epoch + self.clock_s
+
+    def advance_clock(self, seconds: float) -> None:
+        """Time passes for reviews: newer ones appear, old ones leave the past year."""
+        self.clock_s += int(seconds)
+
     def review_count(self, s: int) -> int:
-        if not self.shop_listings.get(s):
-            return 0
-        return stable_rng("nrev", self.seed, s).choice((0, 0, 1, 2, 3, 5, 8, 12))
+        """Shop.review_count: the reviews of the past year (365 days) only."""
+        now = self.now()
+        return sum(1 for r in _reviews_cached(self, s) if now - 365 * DAY < r["create_timestamp"] <= now)
 
     def reviews(self, s: int) -> list[dict]:
-        """The shop's TransactionReviews, newest first (creation times are distinct)."""
-        return [dict(r) for r in _reviews_cached(self, s)]
+        """The shop's TransactionReviews created by now, newest first (creation times are
+        distinct); older than a year included."""
+        now = self.now()
+        return [dict(r) for r in _reviews_cached(self, s) if r["create_timestamp"] <= now]
 
     # ---- ground truth for tests -----------------------------------------------------------
     def shop_last_activity(self, s: int, exclude: set[int] = frozenset()) -> int | None:
@@ -402,18 +432,19 @@ def _listing_cached(cat: Catalogue, index: int) -> dict:
         "is_private": False, "style": [rng.choice(_STYLES)], "file_data": "",
         "has_variations": False, "should_auto_renew": rng.random() < 0.7, "language": "en-US",
         "price": {"amount": cat.price[index], "divisor": 100, "currency_code": "USD"},
-        "taxonomy_id": cat.tax[index], "production_partners": [], "skus": [],
-        "views": rng.randrange(0, 5000),
+        "taxonomy_id": cat.tax[index], "skus": [],
     }
 
 
 @lru_cache(maxsize=1024)
 def _reviews_cached(cat: Catalogue, s: int) -> tuple:
-    n = cat.review_count(s)
+    """Every review the shop will ever have: some after the epoch (they appear as the clock
+    moves on), some older than a year (outside review_count)."""
     mine = cat.shop_listings.get(s, [])
+    n = stable_rng("nrev", cat.seed, s).choice((0, 0, 1, 2, 3, 5, 8, 12, 20)) if mine else 0
     rng = stable_rng("reviews", cat.seed, s)
     out = []
-    t = cat.epoch - rng.randrange(3600, 20 * DAY)
+    t = cat.epoch + 30 * DAY - rng.randrange(3600, 50 * DAY)
     for j in range(n):
         i = rng.choice(mine)
         rating = rng.choice((5, 5, 5, 4, 4, 3, 1))
@@ -425,5 +456,5 @@ def _reviews_cached(cat: Catalogue, s: int) -> tuple:
             "create_timestamp": t, "created_timestamp": t,
             "update_timestamp": t, "updated_timestamp": t,
         })
-        t -= rng.randrange(3600, 15 * DAY)
+        t -= rng.randrange(3600, 40 * DAY)
     return tuple(out)

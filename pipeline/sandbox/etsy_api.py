@@ -13,7 +13,12 @@ answer), ``slow`` (answer after ``slow_s``), ``429``, ``5xx``, ``html`` (a 200 H
 ``malformed`` (truncated JSON), ``error200`` (200 with an error body), ``bad_fields`` (one
 listing with a missing field or a wrong type); ``fail_next(name, n)`` gives the next ``n``
 requests a fault, for tests that need it exactly; and ``vanish``, a fraction of listings that
-search still lists but the batch call no longer returns (sold in between).
+search still lists but the batch call no longer returns (sold in between). The catalogue
+changes under the crawler (etsy_changes): ``end_listings``, ``delete_listings``,
+``delete_shops``, ``end_per_search`` (listings ending during a crawl), and
+``catalogue.advance_clock`` (new reviews arrive, old ones leave the past-year count).
+``second_header`` spells the per-second remaining header (Etsy's docs page says
+``x-remaining-this-secon``).
 
 Tests use ``with LocalEtsyAPI(listings=N, port=0) as api: api.base_url, api.catalogue``;
 the ``etsy-api`` stage uses ``serve()``. Admin calls (loopback, no key) under /_sandbox/:
@@ -31,6 +36,7 @@ import time
 from typing import Callable
 
 from pipeline.sandbox.catalogue import Catalogue
+from pipeline.sandbox.etsy_changes import Changes
 from pipeline.sandbox.etsy_endpoints import API_PREFIX
 from pipeline.sandbox.etsy_faults import Faults, parse_fault
 from pipeline.sandbox.etsy_http import ApiHandler, ApiServer
@@ -83,7 +89,8 @@ class LocalEtsyAPI:
                  api_key: str = DEFAULT_KEY, qps: float | None = None, qpd: int | None = None,
                  day_s: float = 86400.0, faults: dict | list | None = None, fault_seed: int = 0,
                  slow_s: float = 2.0, retry_after_s: int = 1, catalogue: Catalogue | None = None,
-                 log: Callable[[str], None] | None = None, **catalogue_kwargs):
+                 log: Callable[[str], None] | None = None, end_per_search: int = 0,
+                 second_header: str = "x-remaining-this-second", **catalogue_kwargs):
         if ":" not in api_key:
             raise ValueError("api_key must be keystring:shared_secret")
         self.api_key = api_key
@@ -92,6 +99,9 @@ class LocalEtsyAPI:
         self.requested_port = port
         self.log = log
         self.limits = RateLimiter(qps, qpd, day_s)
+        self.limits.second_header = second_header
+        self.changes = Changes(fault_seed)
+        self.changes.end_per_search = int(end_per_search)
         self.faults = Faults(fault_seed)
         self.faults.slow_s = slow_s
         self.faults.retry_after_s = retry_after_s
@@ -169,6 +179,7 @@ class LocalEtsyAPI:
     def stats(self) -> dict:
         out = self.stats_.as_dict()
         out["faults"] = self.faults.as_dict()
+        out["changes"] = self.changes.as_dict()
         return out
 
     def reset_stats(self) -> None:
@@ -185,6 +196,19 @@ class LocalEtsyAPI:
 
     def set_limits(self, qps: float | None = None, qpd: int | None = None, day_s: float = 86400.0) -> None:
         self.limits.configure(qps, qpd, day_s)
+
+    def end_listings(self, listing_ids) -> None:
+        self.changes.end(listing_ids)
+
+    def delete_listings(self, listing_ids) -> None:
+        self.changes.delete_listings(listing_ids)
+
+    def delete_shops(self, shop_ids) -> None:
+        self.changes.delete_shops(shop_ids)
+
+    def ended_ids(self) -> set[int]:
+        with self.changes.lock:
+            return set(self.changes.ended)
 
     def vanished_ids(self) -> set[int]:
         cat = self.catalogue

@@ -1,6 +1,9 @@
 """The local Etsy API's endpoints: which path answers what, with Etsy's parameters, checks and
 JSON shapes (taxonomy, search, batch, listing, images, shop, reviews), over the catalogue.
-``api`` is the LocalEtsyAPI serving (its catalogue, faults, stats and search cache).
+``api`` is the LocalEtsyAPI serving (its catalogue, faults, changes, stats and search cache).
+
+As in Etsy's OpenAPI spec, search answers ``ShopListing`` (no ``views``, no
+``production_partners``) and the batch call ``ShopListingWithAssociations`` (with them).
 """
 from __future__ import annotations
 
@@ -55,7 +58,8 @@ def route(api, path: str, params: dict) -> tuple[int, object]:
         return 200, _batch(api, params)
     if len(parts) in (2, 3) and parts[0] == "listings" and parts[1].isdigit():
         index = cat.index_of_listing(int(parts[1]))
-        if index is None or api.faults.vanished(cat.listing_id(index)):
+        if index is None or api.faults.vanished(cat.listing_id(index)) \
+                or api.changes.is_deleted(cat.listing_id(index)) or api.changes.is_ended(cat.listing_id(index)):
             raise BadRequest(404, f"Listing {parts[1]} not found.")
         if len(parts) == 3 and parts[2] == "images":
             imgs = cat.images(index)
@@ -64,7 +68,7 @@ def route(api, path: str, params: dict) -> tuple[int, object]:
             return 200, cat.listing(index)
     if len(parts) in (2, 3) and parts[0] == "shops" and parts[1].isdigit():
         s = cat.index_of_shop(int(parts[1]))
-        if s is None:
+        if s is None or api.changes.shop_deleted(int(parts[1])):
             raise BadRequest(404, f"Shop with shop_id {parts[1]} not found.")
         if len(parts) == 2:
             api.stats_.add("shop")
@@ -91,11 +95,14 @@ def _search(api, params: dict) -> dict:
         raise BadRequest(400, "sort_order must be asc or desc")
     order = "asc" if sort_order in ("asc", "ascending", "up") else "desc"
     keywords = (params.get("keywords") or [""])[0]
-    found = api.search_indexes((tax, lo, hi, sort_on, order, keywords))
+    found = api.changes.still_listed(api.search_indexes((tax, lo, hi, sort_on, order, keywords)),
+                                     cat.listing_id)
     api.stats_.add("search")
     api.stats_.note("search", f"{tax}|{params.get('min_price', [''])[0]}|"
                               f"{params.get('max_price', [''])[0]}|{offset}")
-    return {"count": len(found), "results": [cat.listing(i) for i in found[offset:offset + limit]]}
+    answer = {"count": len(found), "results": [cat.listing(i) for i in found[offset:offset + limit]]}
+    api.changes.after_search(found[:offset + limit], cat.listing_id)
+    return answer
 
 
 def _batch(api, params: dict) -> dict:
@@ -112,12 +119,16 @@ def _batch(api, params: dict) -> dict:
     includes = {x.strip().lower() for x in ",".join(params.get("includes") or []).split(",") if x.strip()}
     api.stats_.add("batch")
     api.stats_.note("batch", ",".join(map(str, ids)))
+    deleted = [lid for lid in ids if api.changes.is_deleted(lid)]
+    if deleted:
+        # a deleted listing fails the whole call (the strict reading of the spec's 404)
+        raise BadRequest(404, f"Listing with listing_id {deleted[0]} not found.")
     results = []
     for lid in ids:
         index = cat.index_of_listing(lid)
-        if index is None or api.faults.vanished(lid):
+        if index is None or api.faults.vanished(lid) or api.changes.is_ended(lid):
             continue
-        item = cat.listing(index)
+        item = cat.listing_with_associations(index)
         if "images" in includes:
             item["images"] = cat.images(index)
         if "shop" in includes:

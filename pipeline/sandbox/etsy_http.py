@@ -138,7 +138,12 @@ class ApiHandler(BaseHTTPRequestHandler):
                     api.faults.slow_s = float(data["slow_s"])
                 if "retry_after_s" in data:
                     api.faults.retry_after_s = int(data["retry_after_s"])
-            return self._json(200, api.faults.as_dict())
+                if "end_per_search" in data:
+                    api.changes.end_per_search = int(data["end_per_search"])
+                api.end_listings(data.get("end") or [])
+                api.delete_listings(data.get("delete_listings") or [])
+                api.delete_shops(data.get("delete_shops") or [])
+            return self._json(200, {**api.faults.as_dict(), "changes": api.changes.as_dict()})
         if name == "limits" and body is not None:
             api.set_limits(data.get("qps"), data.get("qpd"), float(data.get("day_s", 86400.0)))
             return self._json(200, {"ok": True})
@@ -147,6 +152,8 @@ class ApiHandler(BaseHTTPRequestHandler):
             return self._json(200, {"ok": True})
         if name == "vanished":
             return self._json(200, sorted(api.vanished_ids()))
+        if name == "ended":
+            return self._json(200, sorted(api.ended_ids()))
         self._json(404, {"error": "unknown admin call"})
 
     # ---- the API ------------------------------------------------------------------------

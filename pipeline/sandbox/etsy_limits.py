@@ -12,6 +12,9 @@ import time
 class RateLimiter:
     """Per-second token bucket (capacity one second of requests) and a sliding daily window."""
 
+    # Real answers say x-remaining-this-second; Etsy's docs page spells it x-remaining-this-secon.
+    second_header = "x-remaining-this-second"
+
     def __init__(self, qps: float | None = None, qpd: int | None = None, day_s: float = 86400.0):
         self.lock = threading.Lock()
         self.configure(qps, qpd, day_s)
@@ -46,7 +49,7 @@ class RateLimiter:
                 self.window.append(now)
             headers = {
                 "x-limit-per-second": str(int(self.qps) if self.qps else 10000),
-                "x-remaining-this-second": str(int(self.tokens) if self.qps else 10000),
+                self.second_header: str(int(self.tokens) if self.qps else 10000),
                 "x-limit-per-day": str(self.qpd or 10_000_000),
                 "x-remaining-today": str((self.qpd or 10_000_000) - len(self.window)),
             }

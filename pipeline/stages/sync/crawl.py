@@ -1,7 +1,8 @@
 """The crawl: one pass = taxonomy, listings (unit by unit, page by page), shops, reviews.
 
 The pass and its finished phases live in ``sync_state`` (key ``sync_pass``), every unit's
-cursor in ``crawl_units``, a shop's review paging in ``sync_state`` (``reviews:<shop>``):
+cursor in ``crawl_units`` (and its last page's tail, paging.py), a shop's review paging in
+``sync_state`` (``reviews:<shop>``, reviews.py):
 a stop of any kind (kill file, SIGTERM, SIGKILL, quota) resumes exactly there, and the
 page in hand when it stopped is the only one asked for again.
 
@@ -17,9 +18,10 @@ from dataclasses import dataclass, field
 from pipeline.core.db import get_state, open_db, put_state, retry_on_busy, transaction
 from pipeline.etsy.client import EtsyClient
 from pipeline.etsy.errors import AuthError, ClientError, QuotaExhausted
-from pipeline.etsy.shapes import listing_problem, review_problem
-from pipeline.stages.sync import store, units
+from pipeline.etsy.shapes import listing_problem
+from pipeline.stages.sync import batch, paging, store, units
 from pipeline.stages.sync.crew import Crew
+from pipeline.stages.sync.reviews import ReviewsPhase
 
 PHASES = ("taxonomy", "listings", "shops", "reviews")
 PASS_KEY = "sync_pass"
@@ -34,6 +36,7 @@ class Settings:
     root_taxonomy_id: int
     band_config: str
     page_size: int
+    page_overlap: int
     max_results: int
     listing_refresh_s: float
     shop_active_s: float
@@ -41,6 +44,7 @@ class Settings:
     review_active_s: float
     fetch_new_shops: bool
     batch_known_listings: bool
+    snapshot_views: bool
     url_field: str
     threads: int
     phases: tuple
@@ -65,9 +69,12 @@ class Settings:
         page = int(cfg.get("sync.page_size"))
         if not 1 <= page <= 100:
             raise UserError(f"sync.page_size must be 1..100, got {page}")
+        overlap = int(cfg.get("sync.page_overlap"))
+        if not 0 <= overlap <= page // 2:
+            raise UserError(f"sync.page_overlap must be 0..{page // 2} (half of sync.page_size), got {overlap}")
         return cls(
             root_taxonomy_id=int(cfg.get("sync.root_taxonomy_id")),
-            band_config=str(cfg.get("sync.band_config")), page_size=page,
+            band_config=str(cfg.get("sync.band_config")), page_size=page, page_overlap=overlap,
             max_results=int(cfg.get("sync.max_results")),
             listing_refresh_s=float(cfg.get("sync.listing_refresh_days")) * day,
             shop_active_s=float(cfg.get("sync.shop_active_days")) * day,
@@ -75,6 +82,7 @@ class Settings:
             review_active_s=float(cfg.get("sync.review_active_days")) * day,
             fetch_new_shops=bool(cfg.get("sync.fetch_new_shops")),
             batch_known_listings=bool(cfg.get("sync.batch_known_listings")),
+            snapshot_views=bool(cfg.get("sync.snapshot_views")),
             url_field=str(cfg.get("sync.image_url_field")), threads=threads,
             phases=tuple(p for p in PHASES if p in phases),
             min_pass_interval_s=float(cfg.get("sync.min_pass_interval_h")) * 3600)
@@ -89,7 +97,7 @@ class PhaseResult:
     failures: list = field(default_factory=list)
 
 
-class Sync:
+class Sync(ReviewsPhase):
     def __init__(self, ctx, settings: Settings, client: EtsyClient | None = None):
         self.ctx = ctx
         self.root = ctx.root
@@ -103,6 +111,7 @@ class Sync:
         self._skip: set[int] = set()
         self._claimed: set[int] = set()
         self.pass_no = 0
+        self.pass_started: float | None = None
 
     # ---- hooks -----------------------------------------------------------------------------
     def _stop_check(self) -> bool:
@@ -228,6 +237,7 @@ class Sync:
                 self.ctx.log.info("pass %d resumed (done: %s)", state["pass_no"],
                                   ", ".join(state["done"]) or "nothing yet")
         self.pass_no = state["pass_no"]
+        self.pass_started = state.get("started_at")
         return state
 
     @retry_on_busy
@@ -325,19 +335,35 @@ class Sync:
 
     def crawl_unit(self, unit: units.Unit, conn) -> None:
         ctx, s, client = self.ctx, self.s, self.client
-        offset = unit.next_offset
+        offset = unit.next_offset                 # the end of the last page read
+        tail = paging.load_tail(conn, unit.unit_id, offset)
+        seen = set(tail)                          # stored by this crawl of the unit
+        looked_back, extra = 0, 0                 # extra: the last shift seen, added to the overlap
         while True:
-            ctx.set_current(f"{unit.label()} @ {offset}")
+            overlap = min(s.page_overlap + extra, s.page_size // 2) if s.page_overlap else 0
+            ask = paging.ask_offset(offset, overlap, s.page_size - overlap, looked_back)
+            ctx.set_current(f"{unit.label()} @ {ask}")
             client.quota.require(2, "/listings/active")  # the page and its batch call, or neither
-            page = client.find_active(unit.taxonomy_id, unit.min_price, unit.max_price, offset, s.page_size)
+            page = client.find_active(unit.taxonomy_id, unit.min_price, unit.max_price, ask, s.page_size)
             count = page["count"]
             if count > s.max_results:
                 if self._split(conn, unit, count):
                     return
-                if offset == 0:
+                if ask == 0:
                     ctx.log.warning("%s holds %d listings at one price: only the first %d are reachable",
                                     unit.label(), count, s.max_results + s.page_size)
                     ctx.progress(1, counter="unreachable_units")
+            ids = paging.page_ids(page["results"])
+            if ask > 0 and not paging.continues(ids, tail):
+                # more listings ended since the last page than the overlap covers: look back
+                looked_back += 1
+                ctx.log.info("%s @ %d: none of the last page's listings on this one (listings ended "
+                             "meanwhile); looking %d page(s) back", unit.label(), ask, looked_back)
+                ctx.progress(1, counter="paging_lookbacks")
+                continue
+            if tail:
+                extra = paging.shift(ids, tail, ask, offset)
+            looked_back = 0
             items, bad = [], 0
             for item in page["results"]:
                 problem = listing_problem(item)
@@ -345,14 +371,16 @@ class Sync:
                     bad += 1
                     ctx.log.warning("skipped a listing (request %s): %s", client.last_request_id,
                                     client.redact(problem))
-                else:
+                elif item["listing_id"] not in seen:
                     items.append(item)
-            with_images = self._fetch_images(conn, items)
-            next_offset = offset + len(page["results"])
+            with_images = self._fetch_batch(conn, items)
+            next_offset = ask + len(page["results"])
             finished = (len(page["results"]) < s.page_size or next_offset >= count
-                        or next_offset > s.max_results)
-            new_images = self._write_page(conn, unit, items, with_images, next_offset, count, finished)
-            ctx.progress(1, counter="done", current=f"{unit.label()} @ {offset}")
+                        or next_offset - overlap > s.max_results)
+            tail = paging.new_tail(ids, s.page_overlap)
+            new_images = self._write_page(conn, unit, items, with_images, next_offset, count, finished, tail)
+            seen.update(ids)
+            ctx.progress(1, counter="done", current=f"{unit.label()} @ {ask}")
             ctx.progress(1, counter="pages")
             ctx.progress(len(items), counter="listings")
             ctx.progress(new_images, counter="images_new")
@@ -366,18 +394,22 @@ class Sync:
             if not self.crew.boundary():
                 return
 
-    def _fetch_images(self, conn, items: list[dict]) -> dict[int, list[dict]] | None:
-        """listing_id -> images for the listings that need them (one batch call)."""
+    def _fetch_batch(self, conn, items: list[dict]) -> dict[int, list[dict] | None]:
+        """listing_id -> images (None: known, unchanged, not batched); puts the batch-only
+        fields (views, production_partners) on ``items``. One batch call for the listings
+        that are new, changed, or (``snapshot_views``) due a dynamic snapshot."""
         if not items:
             return {}
         skip = set() if self.s.batch_known_listings else store.known_unchanged(conn, items)
+        if skip and self.s.snapshot_views:
+            skip -= self._snapshot_due(conn, skip)
+        stored = self._stored_partners(conn, skip)
         wanted = [it["listing_id"] for it in items if it["listing_id"] not in skip]
         out: dict[int, list[dict] | None] = {lid: None for lid in skip}
-        if not wanted:
-            return out
-        batch = self.client.listings_batch(wanted, includes="Images")
+        found: dict[int, dict] = {}
+        results, deleted = batch.fetch(self.client, wanted) if wanted else ([], [])
         wanted_set = set(wanted)
-        for item in batch["results"]:
+        for item in results:
             problem = listing_problem(item)
             if problem or item["listing_id"] not in wanted_set:
                 self.ctx.log.warning("skipped a batch listing (request %s): %s", self.client.last_request_id,
@@ -385,7 +417,14 @@ class Sync:
                 self.ctx.progress(1, counter="invalid_items")
                 continue
             out[item["listing_id"]] = item.get("images") or []
-        gone = [lid for lid in wanted if lid not in out]
+            found[item["listing_id"]] = item
+        for item in items:
+            batch.merge_associations(item, found.get(item["listing_id"]), stored.get(item["listing_id"]))
+        if deleted:
+            self.ctx.log.info("%d listing(s) deleted before the batch call (404): %s", len(deleted),
+                              ", ".join(map(str, deleted[:5])))
+            self.ctx.progress(len(deleted), counter="gone")
+        gone = [lid for lid in wanted if lid not in out and lid not in deleted]
         if gone:
             # sold or removed between the search and the batch call: nothing stored for them
             self.ctx.log.info("%d listing(s) vanished before the batch call (request %s): %s",
@@ -393,7 +432,24 @@ class Sync:
             self.ctx.progress(len(gone), counter="vanished")
         return out
 
-    def _write_page(self, conn, unit, items, with_images, next_offset, count, finished) -> int:
+    def _snapshot_due(self, conn, ids: set[int]) -> set[int]:
+        """Listings that get a dynamic snapshot with this page (or within the hour)."""
+        limit = time.time() + 3600 - self.s.listing_refresh_s
+        return {lid for lid, last in store._in(
+            conn, "SELECT listing_id, last_dynamic_ts FROM listings_static WHERE listing_id IN ({ids})",
+            sorted(ids)) if last is None or last <= limit}
+
+    @staticmethod
+    def _stored_partners(conn, ids: set[int]) -> dict[int, dict]:
+        import json
+
+        if not ids:
+            return {}
+        return {lid: {"production_partners": json.loads(value) if value else []}
+                for lid, value in store._in(conn, "SELECT listing_id, production_partners FROM "
+                                                  "listings_static WHERE listing_id IN ({ids})", sorted(ids))}
+
+    def _write_page(self, conn, unit, items, with_images, next_offset, count, finished, tail) -> int:
         s = self.s
 
         @retry_on_busy
@@ -403,6 +459,7 @@ class Sync:
                 _, new_images = store.write_listings(conn, items, with_images, now,
                                                      s.listing_refresh_s, s.url_field)
                 units.advance(conn, unit, next_offset, count, finished)
+                paging.save_tail(conn, unit.unit_id, tail, finished)
             return new_images
 
         return write()
@@ -462,66 +519,3 @@ class Sync:
             self.publish(phase="shops")
 
         return self._crew(next_item, work, lambda sid: f"shop {sid}")
-
-    # ---- reviews -----------------------------------------------------------------------------
-    def phase_reviews(self) -> PhaseResult:
-        now = time.time()
-        rows = self.conn.execute(
-            "SELECT shop_id, curr_review_count FROM shops_static WHERE last_activity_ts >= ? "
-            "AND curr_review_count IS NOT NULL AND curr_review_count != coalesce(prev_review_count, 0) "
-            "ORDER BY shop_id", (now - self.s.review_active_s,)).fetchall()
-        self.ctx.set_info(shops_for_reviews=len(rows))
-        queue = iter(rows)
-        lock = threading.Lock()
-
-        def next_item(_conn):
-            with lock:
-                return next(queue, None)
-
-        return self._crew(next_item, self.fetch_reviews, lambda r: f"reviews of shop {r[0]}")
-
-    def fetch_reviews(self, row, conn) -> None:
-        shop_id, count_now = row
-        key = f"reviews:{shop_id}"
-        cursor = get_state(conn, key)
-        if cursor is None:
-            last = conn.execute("SELECT MAX(create_timestamp) FROM reviews WHERE shop_id = ?",
-                                (shop_id,)).fetchone()[0]
-            cursor = {"offset": 0, "min_created": last}
-        page_size = self.s.page_size
-        while True:
-            self.ctx.set_current(f"reviews of shop {shop_id} @ {cursor['offset']}")
-            page = self.client.shop_reviews(shop_id, cursor["offset"], page_size, cursor["min_created"])
-            good = []
-            for r in page["results"]:
-                problem = review_problem(r)
-                if problem or r.get("shop_id") != shop_id:
-                    self.ctx.log.warning("skipped a review (request %s): %s", self.client.last_request_id,
-                                         problem or f"belongs to shop {r.get('shop_id')}")
-                    self.ctx.progress(1, counter="invalid_items")
-                else:
-                    good.append(r)
-            n = len(page["results"])
-            finished = n < page_size or cursor["offset"] + n >= page["count"]
-
-            @retry_on_busy
-            def write():
-                with transaction(conn):
-                    store.upsert_reviews(conn, good)
-                    if finished:
-                        conn.execute("UPDATE shops_static SET prev_review_count = ? WHERE shop_id = ?",
-                                     (count_now, shop_id))
-                        conn.execute("DELETE FROM sync_state WHERE key = ?", (key,))
-                    else:
-                        put_state(conn, key, {"offset": cursor["offset"] + n,
-                                              "min_created": cursor["min_created"]})
-
-            write()
-            self.ctx.progress(len(good), counter="reviews")
-            self.ctx.progress(1, counter="done")
-            self.publish(phase="reviews")
-            if finished:
-                return
-            cursor = {"offset": cursor["offset"] + n, "min_created": cursor["min_created"]}
-            if not self.crew.boundary():
-                return
