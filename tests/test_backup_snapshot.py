@@ -24,8 +24,9 @@ from tests.archive_support import (add_images, cli, fork_and_kill, grow_db, try_
 
 
 def _root_with_target(tmp_root, target_path, extra="", kind="folder"):
+    # no disk floor (tests/test_disk_floors.py has it): these tests reach the copy's own checks
     root = write_config(tmp_root, f'[backup.targets.main]\nkind = "{kind}"\npath = "{target_path}"\n'
-                                  f'generations = 3\n{extra}')
+                                  f'generations = 3\n{extra}\n[disk]\nbackup_min_free_gb = 0.0')
     add_images(root, 40)
     write_shard(root, 40)
     return root

@@ -185,7 +185,7 @@ def test_disk_floor_blocks_the_stage(tmp_root):
     ds.write_config(root)
     with ds.ImageServer() as server:
         ds.seed(root, [(9, 1, server.add("/d1", ds.jpeg_bytes()))])
-        env = ds.env_for(root, IMAGESELECTOR_DOWNLOAD_MIN_FREE_GB="1000000000")
+        env = ds.env_for(root, IMAGESELECTOR_DISK_MIN_FREE_GB="1000000000")
         proc = subprocess.Popen(_cli(root), env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -193,7 +193,7 @@ def test_disk_floor_blocks_the_stage(tmp_root):
                 hb = ds_read_json(root.heartbeat_path("download"))
                 return hb and hb.get("state") == "blocked" and hb
             hb = wait_for(blocked, timeout=60, what="blocked heartbeat")
-            assert "below the floor" in hb["blocked_reason"]
+            assert hb["blocked_reason"].startswith(f"disk low: {root.download_dir} ")
             from pipeline.core.stage_observe import stage_status
 
             assert stage_status(root, "download")["state"] == "blocked"

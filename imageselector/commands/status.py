@@ -43,6 +43,8 @@ def cmd_status(args) -> int:
                                                       if last else "")
         rate = f"{st['rate']:.2f}/s" if st.get("rate") else ""
         print(f"  {st['name']:<12} {st['state']:<11} {extra:<24} hb {duration(st['heartbeat_age_s']):>5} {rate}")
+        if st.get("blocked_reason"):      # e.g. "disk low: PATH FREE free, floor FLOOR"
+            print(f"    blocked: {st['blocked_reason']}")
     print("DB lock holders:")
     print_locks(snap.get("locks", []), now)
     print("backups:")

@@ -1,92 +1,91 @@
 """disk_low: the root's volume, or the volume of any configured backup target or mirror,
-has less free space than its floor (watch.min_free_gb for the root, watch.backup_min_free_gb
-or the target's backup.min_free_bytes for targets, watch.floors_gb per path over both).
-Each volume is checked once (the highest floor of the paths on it counts)."""
+has less free space than its floor; or a worker host says it waits for disk (its heartbeat
+is ``blocked`` on a floor: the worker has no DB and cannot alert itself).
+
+The floors are the stages' own (pipeline/core/diskfloor.py: disk.min_free_gb for the root,
+disk.backup_min_free_gb or a target's backup.min_free_bytes for targets, disk.floors_gb per
+path or mount), so the watch and the stages agree, and the condition key is the one the
+stages open when they block first: one alert per episode, whoever sees it first. Each volume
+is checked once (the highest floor of the paths on it counts)."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
+from pipeline.core.diskfloor import INFO_KEY, KIND, existing, floor_of, free_bytes, mount_of
 from pipeline.core.fmt import size
 from pipeline.watch.conditions import Condition
 from pipeline.watch.context import WatchContext
 
-KIND = "disk_low"
-GB = 1e9
+FLOORS = "floors: disk.min_free_gb (root), disk.backup_min_free_gb (targets), disk.floors_gb (per path)"
 
 
-def _existing(path: Path) -> Path | None:
-    """The path, or its nearest existing parent (a folder a backup will create)."""
-    for p in (path, *path.parents):
-        if p.exists():
-            return p
-    return None
-
-
-def _mount_of(path: Path) -> Path:
-    p = path.resolve()
-    while not os.path.ismount(p) and p != p.parent:
-        p = p.parent
-    return p
-
-
-def _floor(floors: dict[str, float], default: float, *paths: Path) -> float:
-    """watch.floors_gb for the first of ``paths`` (or its volume's mount) it names, else ``default``."""
-    for p in paths:
-        for candidate in (str(p), str(_mount_of(p)) if p.exists() else None):
-            if candidate in floors:
-                return floors[candidate]
-    return default
-
-
-def volumes(ctx: WatchContext) -> list[tuple[str, Path, float]]:
-    """(label, path to measure, floor in bytes) for the root and each configured target."""
-    floors = {str(Path(k)): float(v) * GB for k, v in (ctx.cfg("watch.floors_gb") or {}).items()}
+def volumes(ctx: WatchContext) -> list[tuple[str, Path, int, str]]:
+    """(label, path to measure, floor in bytes, the setting that gives it) for the root and
+    each configured target."""
+    cfg = ctx.root.config
     root_path = Path(ctx.root.path)
-    out = [("root", root_path, _floor(floors, float(ctx.cfg("watch.min_free_gb")) * GB, root_path))]
-    reserve = float(ctx.cfg("backup.min_free_bytes"))
-    target_floor = max(float(ctx.cfg("watch.backup_min_free_gb")) * GB, reserve)
+    f = floor_of(cfg, root_path)
+    out = [("root", root_path, f.bytes, f.key)]
     for b in ctx.snap.get("backups") or []:
         if not b.get("configured") or not b.get("path"):
             continue
         path = Path(b["path"])
         if not path.is_absolute():
             path = root_path / path
-        where = _existing(path)
+        where = existing(path)
         if where is None:
             continue
-        if b.get("target_kind") == "volume" and _mount_of(where) == Path("/"):
+        if b.get("target_kind") == "volume" and mount_of(where) == Path("/"):
             continue  # the volume is not mounted: backup_overdue / volume_missing say so
         label = f"{'backup' if b['kind'] == 'snapshot' else b['kind']} {b['target']}"
-        out.append((label, where, _floor(floors, target_floor, path, where)))
+        f = floor_of(cfg, path, backup=True)
+        out.append((label, where, f.bytes, f.key))
     return out
 
 
-def check(ctx: WatchContext) -> list[Condition] | None:
-    by_device: dict[int, list[tuple[str, Path, float]]] = {}
-    for label, path, floor in volumes(ctx):
+def _volume_conditions(ctx: WatchContext) -> list[Condition]:
+    by_device: dict[int, list[tuple[str, Path, int, str]]] = {}
+    for entry in volumes(ctx):
         try:
-            dev = os.stat(path).st_dev
+            dev = os.stat(entry[1]).st_dev
         except OSError:
             continue
-        by_device.setdefault(dev, []).append((label, path, floor))
+        by_device.setdefault(dev, []).append(entry)
     out = []
     for entries in by_device.values():
         path = entries[0][1]
-        floor = max(f for _, _, f in entries)
+        _, _, floor, key = max(entries, key=lambda e: e[2])
         try:
-            free = shutil.disk_usage(path).free
+            free = free_bytes(path)
         except OSError:
             continue
         if floor <= 0 or free >= floor:
             continue
-        names = sorted({lab for lab, _, _ in entries})
-        key = "watch.min_free_gb" if "root" in names else "watch.backup_min_free_gb"
+        names = sorted({lab for lab, _, _, _ in entries})
         out.append(Condition(
-            KIND, f"disk {_mount_of(path)}", ctx.host,
+            KIND, f"disk {mount_of(path)}", ctx.host,
             f"{size(free)} free, floor {size(floor)} ({', '.join(names)})",
-            f"free space there, or lower {key}",
-            f"floors: watch.min_free_gb (root), watch.backup_min_free_gb (targets), "
-            f"watch.floors_gb (per path)"))
+            f"free space there, or lower {key}", FLOORS))
     return out
+
+
+def _worker_conditions(ctx: WatchContext) -> list[Condition]:
+    """Worker hosts whose worker stage waits below a floor (its heartbeat's info, as the
+    snapshot's ``workers`` section carries it)."""
+    out = []
+    for w in ctx.snap.get("workers") or []:
+        low = w.get(INFO_KEY)
+        if not isinstance(low, dict):
+            continue
+        host = ctx.host if w.get("local") else w["name"]
+        out.append(Condition(
+            KIND, f"disk {low.get('mount')}", host,
+            f"{size(low.get('free'))} free, floor {size(low.get('floor'))} (worker {w['name']} waits)",
+            f"free space on {w['name']}, or lower {low.get('key') or 'disk.min_free_gb'} there",
+            f"folder: {low.get('path')}\n{FLOORS}"))
+    return out
+
+
+def check(ctx: WatchContext) -> list[Condition] | None:
+    return _volume_conditions(ctx) + _worker_conditions(ctx)

@@ -9,14 +9,19 @@ def add_arguments(parser) -> None:
 
 
 def run(ctx) -> int:
+    from pipeline.core.diskfloor import DiskFloor
     from pipeline.stages.archive.primary import PrimaryUpdater
 
     full = bool(getattr(ctx.args, "full", False))
     updater = PrimaryUpdater(ctx.root, ctx.db(), ctx.log)
     poll_s = float(ctx.config.get("archive.primary_poll_s"))
     between = lambda i: bool(i % 100) or ctx.checkpoint()  # noqa: E731
+    floor = DiskFloor(ctx.root, [ctx.root.primary_dir], stage="primary", conn=ctx.db, log=ctx.log)
     while True:
         if not ctx.checkpoint():
+            return 0
+        # before a pass writes any primary tar: below the floor, wait (blocked) for room
+        if not floor.wait(ctx):
             return 0
         result = updater.update(full=full, between=between)
         ctx.progress(result.added + result.replaced, current=f"{result.tars} primary tars")

@@ -22,6 +22,7 @@ def nothing_to_do(root, conn, depths: dict) -> bool:
 
 
 def run(ctx) -> int:
+    from pipeline.core.diskfloor import DiskFloor
     from pipeline.stages.archive.tarindex import write_combined_index
     from pipeline.stages.archive.tarmembers import TarAborted, TarError
     from pipeline.stages.archive.tars import Archiver
@@ -33,6 +34,7 @@ def run(ctx) -> int:
         return 0
     conn = ctx.db()
     arch = Archiver(root, conn, ctx.log)
+    floor = DiskFloor(root, [root.tars_dir], stage="tar", conn=ctx.db, log=ctx.log)
     poll_s = float(ctx.config.get("archive.poll_s"))
     per_tar = int(ctx.config.get("archive.images_per_tar"))
     planned_at = {"embedded": -1}
@@ -74,6 +76,9 @@ def run(ctx) -> int:
                     ctx.log.warning("tar %d: no loose file for any of its %d images", plan.number,
                                     len(plan.missing))
                     continue
+                # before a tar, never inside one: below the floor, wait (blocked) for room
+                if not floor.wait(ctx):
+                    break
                 ctx.set_current(f"tar {plan.number}")
                 name = arch.write(plan, between=between)
                 wrote += 1

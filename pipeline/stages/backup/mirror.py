@@ -18,6 +18,17 @@ from pipeline.stages.backup.records import MIRROR, Outcome, describe, finish_row
 from pipeline.stages.backup.targets import BackupError, Mirror, check_destination, dir_lock
 
 
+def below_floor(root, conn, path: Path, what: str, log=None) -> None:
+    """The destination's volume below its disk floor (disk.backup_min_free_gb, disk.floors_gb):
+    this target fails now, with the reason, instead of waiting (a scheduled --once run must
+    end; the next run tries again); disk_low goes out once per episode (pipeline/core/diskfloor.py)."""
+    from pipeline.core.diskfloor import DiskFloor
+
+    low = DiskFloor(root, [path], stage="backup", backup=True, conn=lambda: conn, log=log).refuse()
+    if low:
+        raise BackupError(f"{what}: {low}; nothing copied (the last good copy is unchanged)")
+
+
 def mirror_pairs(root, mirror: Mirror) -> list[tuple[Path, Path, bool]]:
     """(source, destination, holds_the_db) per source of a mirror."""
     pairs = []
@@ -27,9 +38,45 @@ def mirror_pairs(root, mirror: Mirror) -> list[tuple[Path, Path, bool]]:
             src, dst = p, mirror.dest / p.name
         else:
             src, dst = root.path / p, mirror.dest / p
+        if mirror.exact:
+            dst = mirror.dest       # the original's form: SRC/ into DEST/ itself
         holds_db = _is_within(root.db_path, src)
         pairs.append((src, dst, holds_db))
     return pairs
+
+
+# An exact mirror's destination is rsync's own target: its lock file stays out of --delete.
+LOCK_EXCLUDE = "/.backup.lock"
+
+
+def mirror_excludes(m: Mirror) -> list[str]:
+    return list(m.excludes) + ([LOCK_EXCLUDE] if m.exact else [])
+
+
+def excluded(rel: str, is_dir: bool, patterns: list[str]) -> bool:
+    """rsync's --exclude for the simple patterns mirrors use: "name/" (a folder of that name
+    at any depth), "name" (a file or folder), "/path" (anchored at the transfer's root); a
+    pattern with an inner slash matches the end of the path; * ? [] as fnmatch."""
+    from fnmatch import fnmatchcase
+
+    rel = rel.strip("/")
+    for pat in patterns:
+        if pat.endswith("/") and not is_dir:
+            continue
+        core = pat.strip("/")
+        if not core:
+            continue
+        if pat.startswith("/"):
+            if fnmatchcase(rel, core):
+                return True
+        elif "/" in core:
+            parts = rel.split("/")
+            n = core.count("/") + 1
+            if len(parts) >= n and fnmatchcase("/".join(parts[-n:]), core):
+                return True
+        elif fnmatchcase(rel.rsplit("/", 1)[-1], core):
+            return True
+    return False
 
 
 def _is_within(path: Path, folder: Path) -> bool:
@@ -91,7 +138,12 @@ def mirror(root, conn, m: Mirror, log=None) -> Outcome:
     started = time.time()
     what = f"mirror {m.name}"
     try:
+        if m.source_mount is not None and not os.path.ismount(m.source_mount):
+            # an empty mount point as the source would delete the whole mirror (--delete)
+            raise BackupError(f"{what}: the source volume {m.source_mount} is not mounted; "
+                              f"nothing copied, nothing deleted")
         check_destination(m.kind, m.dest, m.mount, m.create, what)
+        below_floor(root, conn, m.dest, what, log)    # fails this mirror, never waits
         pairs = mirror_pairs(root, m)
         for src, _, _ in pairs:
             if not src.exists():
@@ -108,10 +160,10 @@ def mirror(root, conn, m: Mirror, log=None) -> Outcome:
                         backup_db(root.db_path, tmp)
                         os.replace(tmp, db_dst)
                         fsync_dir(db_dst.parent)
-                        _rsync(root, src, dst, _db_excludes(root, src), what)
+                        _rsync(root, src, dst, _db_excludes(root, src) + mirror_excludes(m), what)
             for src, dst, holds in pairs:
                 if not holds:
-                    _rsync(root, src, dst, [], what)
+                    _rsync(root, src, dst, mirror_excludes(m), what)
         size = sum(tree_bytes(dst) for _, dst, _ in pairs)
         finish_row(conn, row, True, size=size, path=str(m.dest))
         out = Outcome(m.name, MIRROR, True, str(m.dest), size)

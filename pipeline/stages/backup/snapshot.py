@@ -37,6 +37,7 @@ from pipeline.core.fsutil import fsync_dir, read_json_or_none
 from pipeline.stages.backup.copying import Budget, backup_db, copy_file, remove_tree, sha256_file, tree_bytes
 from pipeline.stages.backup.generations import (DB_REL, MANIFEST, cleanup_temps, generations, make_readonly,
                                                 new_gen_name)
+from pipeline.stages.backup.mirror import below_floor
 from pipeline.stages.backup.records import SNAPSHOT, Outcome, describe, finish_row, start_row
 from pipeline.stages.backup.targets import BackupAborted, BackupError, Target, check_destination, dir_lock
 from pipeline.stages.backup.verify import check_alignment, quick_check
@@ -90,6 +91,7 @@ def snapshot(root, conn, target: Target, between: Callable[[], bool] | None = No
         check_destination(target.kind, target.path, target.mount, target.create,
                           f"backup target {target.name}")
         checked = True
+        below_floor(root, conn, target.path, f"backup target {target.name}", log)
         with dir_lock(target.path, f"backup target {target.name}"):
             cleanup_temps(target.path)
             out = _write_generation(root, target, between, log, now)
@@ -112,18 +114,16 @@ def snapshot(root, conn, target: Target, between: Callable[[], bool] | None = No
         raise
 
 
-def _write_generation(root, target: Target, between, log, now) -> Outcome:
-    now = time.time() if now is None else now
+def _plan(root, target: Target) -> tuple[Path | None, dict, list, int]:
+    """(previous generation, its manifest's files, the files of data/, bytes the next
+    generation will write: the DB and every file that cannot be linked from the previous)."""
     tpath = target.path
-    name = new_gen_name(tpath, now)
-    tmp = tpath / f".{name}.tmp"
     prev = generations(tpath)
     prev_gen = prev[-1] if prev else None
     prev_files = {}
     if prev_gen is not None:
         prev_files = (read_json_or_none(prev_gen / MANIFEST) or {}).get("files", {})
     files = _data_files(root)
-    # space: the DB and every file that cannot be linked from the previous generation
     try:
         db_size = root.db_path.stat().st_size + _size_or_zero(Path(str(root.db_path) + "-wal"))
     except FileNotFoundError:
@@ -140,11 +140,31 @@ def _write_generation(root, target: Target, between, log, now) -> Outcome:
                 continue
             seen_inodes.add((st.st_dev, st.st_ino))
         need += st.st_size
-    reserve = int(root.config.get("backup.min_free_bytes"))
-    free = _free_bytes(tpath) - reserve
-    limit = free
+    return prev_gen, prev_files, files, need
+
+
+def bytes_needed(root, target: Target) -> int:
+    """What the next snapshot on ``target`` would write (the doctor compares it with
+    ``space_available``)."""
+    return _plan(root, target)[3]
+
+
+def space_available(root, target: Target) -> int:
+    """Free bytes on the target less backup.min_free_bytes, within its max_bytes quota."""
+    tpath = target.path
+    limit = _free_bytes(tpath) - int(root.config.get("backup.min_free_bytes"))
     if target.max_bytes:
         limit = min(limit, target.max_bytes - tree_bytes(tpath))
+    return limit
+
+
+def _write_generation(root, target: Target, between, log, now) -> Outcome:
+    now = time.time() if now is None else now
+    tpath = target.path
+    name = new_gen_name(tpath, now)
+    tmp = tpath / f".{name}.tmp"
+    prev_gen, prev_files, files, need = _plan(root, target)
+    limit = space_available(root, target)
     if need > limit:
         raise BackupError(f"backup target {target.name}: target full: needs {need:,} bytes, "
                           f"{max(limit, 0):,} available at {tpath}")

@@ -34,7 +34,8 @@ from pipeline.stages.orchestrate.workers import WorkersMixin
 
 class Orchestrator(WorkersMixin, BatchesMixin, ResultsMixin):
     def __init__(self, root, conn, settings: OrchestrateSettings, log: logging.Logger | None = None,
-                 once: bool = False, checkpoint=lambda: True, report=None, store=None):
+                 once: bool = False, checkpoint=lambda: True, report=None, store=None,
+                 floor=None):
         self.root = root
         self.conn = conn
         self.settings = settings
@@ -43,6 +44,8 @@ class Orchestrator(WorkersMixin, BatchesMixin, ResultsMixin):
         self.checkpoint = checkpoint
         self.report = report          # StageContext-like: progress, set_info, blocked, unblocked
         self.store = store
+        self.floor = floor            # pipeline.core.diskfloor.DiskFloor over the spool (None: none)
+        self._disk_checked = (0.0, True)
         self.events: queue.Queue[Event] = queue.Queue()
         self.workers: dict[str, Worker] = {}
         self.flights: dict[int, Flight] = {}
@@ -138,10 +141,13 @@ class Orchestrator(WorkersMixin, BatchesMixin, ResultsMixin):
         try:
             while self.checkpoint():
                 self._pump(self.settings.tick_s)
-                self._import_ready()
+                room = self._disk_room()    # below the floor: no import, no new batch
+                if room:
+                    self._import_ready()
                 self._expire_leases()
                 self._manage_workers()
-                self._form_batches()
+                if room:
+                    self._form_batches()
                 self._publish()
                 if self.once and self._once_done():
                     break
@@ -234,6 +240,18 @@ class Orchestrator(WorkersMixin, BatchesMixin, ResultsMixin):
     def _flights_of(self, worker: str) -> list[Flight]:
         return [f for f in self.flights.values() if f.row.worker == worker]
 
+    def _disk_room(self) -> bool:
+        """Room on the spool's and the import's volumes (looked at once a second at most).
+        Below a floor the loop still follows the batches in flight (polls renew leases), but
+        imports nothing and makes no batch: it waits there, blocked, until there is room."""
+        if self.floor is None or self.report is None:
+            return True
+        checked_at, room = self._disk_checked
+        if time.monotonic() - checked_at >= 1.0:
+            room = self.floor.poll(self.report)
+            self._disk_checked = (time.monotonic(), room)
+        return room
+
     # ---- --once ----------------------------------------------------------------------------
     def _once_done(self) -> bool:
         if self.flights or self.pending_imports:
@@ -284,6 +302,7 @@ class Orchestrator(WorkersMixin, BatchesMixin, ResultsMixin):
                 "imported_batches": w.imported_batches, "imported_images": w.imported_images,
                 "connects": getattr(getattr(w.link.transport, "conn", None), "connects", None),
                 "last_error": w.error or w.link.error,
+                "disk_low": w.disk_low,
                 "error_at": w.link.error_at if w.link.error else None,
                 "polled_at": w.polled_at}
 
@@ -296,7 +315,9 @@ class Orchestrator(WorkersMixin, BatchesMixin, ResultsMixin):
                              flush=self.flush_requested, totals=dict(self.totals),
                              batch_size=self.settings.batch_size)
         usable = [v for v in views if v["state"] in ("running", "stopped", "connecting")]
-        if not usable and self.workers:
+        if self.floor is not None and self.floor.blocked_on is not None:
+            self.report.blocked(self.floor.blocked_on.reason())
+        elif not usable and self.workers:
             self.report.blocked("no usable worker: " + "; ".join(
                 f"{v['name']} {v['state']}" + (f" ({v['last_error']})" if v['last_error'] else "")
                 for v in views))

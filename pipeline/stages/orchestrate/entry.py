@@ -34,8 +34,14 @@ def run(ctx) -> int:
     settings = OrchestrateSettings.from_config(ctx.config, **overrides)
     if getattr(ctx.args, "flush", False):
         request_flush(ctx.root)
+    from pipeline.core.diskfloor import DiskFloor
+    from pipeline.stages.orchestrate.files import spool_dir
+
+    # the batch and result spool (run/orchestrate) and where an import writes
+    floor = DiskFloor(ctx.root, [spool_dir(ctx.root), ctx.root.bgremoved_dir, ctx.root.embeddings_dir],
+                      stage="orchestrate", conn=ctx.db, log=ctx.log)
     orch = Orchestrator(ctx.root, ctx.db(), settings, log=ctx.log, once=ctx.once,
-                        checkpoint=ctx.checkpoint, report=ctx)
+                        checkpoint=ctx.checkpoint, report=ctx, floor=floor)
     code = orch.run()
     if orch.failure:
         ctx.set_info(failure=orch.failure)

@@ -46,6 +46,7 @@ class Worker:
     starting: bool = False
     imported_batches: int = 0
     imported_images: int = 0
+    disk_low: dict | None = None      # its worker waits below a disk floor (heartbeat info)
 
     def in_error(self, now: float) -> bool:
         return self.error is not None and now < self.error_until

@@ -141,6 +141,9 @@ def workers_status(root, timeout_s: float | None = None, now: float | None = Non
             "images_per_s": seen.get("images_per_s"),
             "imported_images": seen.get("imported_images"),
             "last_error": error, "seen_by_orchestrator": bool(seen),
+            # its worker waits below a disk floor (pipeline/core/diskfloor.py INFO_KEY)
+            "disk_low": ((lk.get("info") or {}).get("disk_low") if lk.get("stage_state") == "blocked"
+                         else None) or seen.get("disk_low"),
         })
     return out
 

@@ -31,6 +31,7 @@ class WorkersMixin:
         w.pid = hb.get("pid") if w.alive else None
         w.in_hand = (hb.get("info") or {}).get("batch") if w.alive else None
         w.kill_file = bool(st.get("kill_file"))
+        self._worker_disk(w, hb)
         if w.alive:
             w.starting = False
         last_exit = hb.get("exit") or {}
@@ -130,9 +131,27 @@ class WorkersMixin:
             w.starting = True
             w.link.submit("start")
 
+    def _worker_disk(self, w: Worker, hb: dict) -> None:
+        """A worker that waits below its disk floor cannot alert (no DB there): we do, once
+        per episode, and send it no more batches until it has room."""
+        from pipeline.core import diskfloor
+        from pipeline.core.alerts import local_host
+
+        low = (hb.get("info") or {}).get(diskfloor.INFO_KEY) if w.alive and \
+            hb.get("state") == "blocked" else None
+        host = local_host() if w.host.local else w.name
+        if low and not w.disk_low:
+            self.log.warning("%s: the worker waits for disk: %s", w.name, hb.get("blocked_reason"))
+            diskfloor.alert_for_host(self.root, self.conn, host, low, f"worker {w.name}", self.log)
+        elif w.disk_low and not low:
+            diskfloor.host_room_again(self.conn, host, w.disk_low, self.log)
+        w.disk_low = low if isinstance(low, dict) else None
+
     def _eligible(self, w: Worker, now: float) -> bool:
         if w.link.state != OK or w.polled is None or w.in_error(now):
             return False
+        if w.disk_low:
+            return False                      # its inbox's volume is below the floor
         if w.kill_file and w.alive:
             return False                      # its worker is stopping
         return w.alive or w.starting or self.settings.start_workers

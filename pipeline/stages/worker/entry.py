@@ -133,8 +133,10 @@ def process_batch(dirs: WorkerDirs, batch_path: Path, embedder,
 
 def work(dirs: WorkerDirs, embedder, *, once: bool, checkpoint: Callable[[], bool],
          stop_requested: Callable[[], bool], sleep: Callable[[float], bool], poll_s: float,
-         report=None, log: logging.Logger | None = None) -> dict:
-    """The worker loop (plain function: the stage wraps it with its context)."""
+         report=None, log: logging.Logger | None = None,
+         disk_wait: Callable[[], bool] | None = None) -> dict:
+    """The worker loop (plain function: the stage wraps it with its context). ``disk_wait``:
+    before each batch, wait while the inbox/outbox volume is below its floor (False: stop)."""
     log = log or logging.getLogger("imageselector.worker")
     dirs.ensure()
     for d in (dirs.inbox, dirs.outbox):
@@ -150,6 +152,8 @@ def work(dirs: WorkerDirs, embedder, *, once: bool, checkpoint: Callable[[], boo
                 break
             continue
         batch_path = batches[0]
+        if disk_wait is not None and not disk_wait():
+            break
         if report:
             report.start(batch_path.name)
         outcome = process_batch(dirs, batch_path, embedder, should_stop=stop_requested,
@@ -195,8 +199,13 @@ def run(ctx) -> int:
     embedder = build_embedder(ctx.root, getattr(ctx.args, "batch_size", None))
     dirs = WorkerDirs.under(ctx.root.path)
     settings = WorkerSettings.from_config(ctx.root.config)
+    from pipeline.core.diskfloor import DiskFloor
+
+    # no DB here: a block shows in run/worker.json (state blocked, info.disk_low), which the
+    # orchestrator's polls and the watch carry to the operator
+    floor = DiskFloor(ctx.root, [dirs.inbox, dirs.outbox], stage="worker", log=ctx.log)
     totals = work(dirs, embedder, once=ctx.once, checkpoint=ctx.checkpoint,
                   stop_requested=ctx.stop_requested, sleep=ctx.sleep, poll_s=settings.poll_s,
-                  report=_Report(ctx, embedder), log=ctx.log)
+                  report=_Report(ctx, embedder), log=ctx.log, disk_wait=lambda: floor.wait(ctx))
     ctx.log.info("worker: %s", ", ".join(f"{k} {v}" for k, v in totals.items()))
     return 0
