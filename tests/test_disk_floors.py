@@ -270,6 +270,8 @@ def test_backup_below_its_floor_fails_the_target_and_alerts_once(tmp_root, smtp,
     assert rows[0][2].startswith(f"mirror m1: disk low: {tmp_path / 'mirror'} ")
     assert not list(dest.glob("data_*")) and not (tmp_path / "mirror" / "images").exists()
     assert len(disk_lows(smtp)) == 1                 # one volume, one episode
+    # one fault, one alert: no backup_failed / mirror_failed beside the disk_low
+    assert not [m for m in smtp.messages if "backup_failed" in m["subject"] or "mirror_failed" in m["subject"]]
     assert "backup fails" in disk_lows(smtp)[0]
     # a second scheduled run in the same episode: the targets fail again, disk_low is not resent
     assert run_stage(Root(root.path), "backup", once=True, install_signals=False) == 1

@@ -42,6 +42,8 @@ def fix_for(out: Outcome, path: Path, mount: Path | None) -> str:
         return f"create {path} (or set create = true)"
     if "not writable" in err or "cannot create" in err or "not a folder" in err:
         return f"make {path} a writable folder"
+    if "disk low" in err:
+        return f"free space on {path}, or lower disk.backup_min_free_gb"
     if "target full" in err:
         return f"free space on {path} (or keep fewer generations)"
     if "rsync is not installed" in err:
@@ -67,6 +69,10 @@ def send_failure(root, conn, out: Outcome, path: Path, mount: Path | None = None
     held back by the alert settings: the console lists it either way), None when the alert
     could not even be recorded (broken [alerts] config: the caller's generic alert stands)."""
     kind = KIND_BY_OPERATION[out.kind]
+    if "disk low" in (out.error or ""):
+        # the floor check has sent disk_low for this volume (once per episode, naming what
+        # waits and the fix): one fault, one alert; the run summary still lists the target
+        return "disk_low"
     try:
         Alerter(root, conn=conn, log=log).send(kind, alert_text(out, path, mount))
     except Exception as exc:  # the backup's own record must not be lost to its alert
