@@ -1,10 +1,12 @@
 """One SSH connection to one worker host (paramiko), safe against the faults the original
 suffered: every operation has a deadline, a dead or hung peer is found by an application
-heartbeat, and a lost connection is re-made with backoff.
+heartbeat, and a lost connection is re-made with backoff. Its SFTP file operations are in
+remote/sftp_files.py (a mixin this class inherits).
 
 Host keys: only the known_hosts file named by hosts.toml is consulted (never ~/.ssh, never
 the agent); an unknown key is refused (a RejectPolicy), a changed key is refused, and
-``trust()`` records a new host's key only after the operator confirmed its fingerprint.
+``remote.hostkeys.trust()`` records a new host's key only after the operator confirmed its
+fingerprint.
 
 Deadlines: paramiko times out the TCP connect, the banner, the key exchange, auth and
 channel opening by itself, but not a channel request (exec, subsystem) nor an SFTP reply
@@ -14,14 +16,10 @@ passes; closing wakes every blocked paramiko call, and the operation raises Remo
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import posixpath
 import random
-import secrets
 import select
 import socket
-import stat as stat_mod
 import threading
 import time
 from contextlib import contextmanager
@@ -34,10 +32,9 @@ import paramiko
 from remote.commands import FILE_MISSING, commands_for
 from remote.errors import (AuthFailed, ChangedHostKey, CommandFailed, ConnectionLost,
                            HostKeyError, RemoteError, RemoteFileMissing, RemoteTimeout,
-                           TransferError, UnknownHostKey, Unreachable)
+                           UnknownHostKey, Unreachable)
 from remote.hosts import Host
-
-CHUNK = 1 << 20
+from remote.sftp_files import CHUNK, SFTPFiles
 
 
 @dataclass(frozen=True)
@@ -82,16 +79,6 @@ class CommandResult:
         return self.stderr_bytes.decode("utf-8", errors="replace")
 
 
-def sha256_file(path: str | os.PathLike) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
-
-
 class _RefuseUnknownHost(paramiko.RejectPolicy):
     """RejectPolicy with a message that names the host, the file and the fingerprint."""
 
@@ -107,17 +94,7 @@ class _RefuseUnknownHost(paramiko.RejectPolicy):
             fingerprint=key.fingerprint)
 
 
-def load_known_hosts(path: Path) -> paramiko.HostKeys:
-    keys = paramiko.HostKeys()
-    if path.exists():
-        try:
-            keys.load(str(path))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise HostKeyError(f"{path}: cannot read the known_hosts file ({exc})") from None
-    return keys
-
-
-class SSHConnection:
+class SSHConnection(SFTPFiles):
     """A connection to one host; every method raises a RemoteError subclass on failure."""
 
     def __init__(self, host: Host, known_hosts: str | os.PathLike,
@@ -357,20 +334,6 @@ class SSHConnection:
             self._drop()
             raise ConnectionLost(f"{self.host.name}: not connected")
 
-    def _sftp_client(self) -> paramiko.SFTPClient:
-        if self._sftp is None:
-            sftp = self._client.open_sftp()
-            sftp.get_channel().settimeout(self.settings.io_timeout)
-            self._sftp = sftp
-        return self._sftp
-
-    def sftp_path(self, path: str) -> str:
-        """Windows' OpenSSH SFTP names C:\\x\\y as /C:/x/y."""
-        if self.host.is_windows:
-            p = path.replace("\\", "/")
-            return "/" + p if len(p) > 1 and p[1] == ":" else p
-        return path
-
     # ---- commands ------------------------------------------------------------------------
     def run(self, command: str, timeout: float | None = None, stdin: bytes | None = None,
             check: bool = False, max_output: int = 64 << 20) -> CommandResult:
@@ -440,216 +403,3 @@ class SSHConnection:
             raise RemoteError(f"{self.host.name}: sha256 of {path}: unexpected output "
                               f"{result.stdout.strip()[:100]!r}")
         return word
-
-    # ---- files -------------------------------------------------------------------------
-    def stat(self, path: str) -> paramiko.SFTPAttributes | None:
-        with self._op(f"stat {path}", self.settings.io_timeout):
-            try:
-                return self._sftp_client().stat(self.sftp_path(path))
-            except FileNotFoundError:
-                return None
-
-    def exists(self, path: str) -> bool:
-        return self.stat(path) is not None
-
-    def is_dir(self, path: str) -> bool:
-        st = self.stat(path)
-        return st is not None and stat_mod.S_ISDIR(st.st_mode or 0)
-
-    def list_dir(self, path: str) -> list[str]:
-        with self._op(f"list {path}", self.settings.io_timeout):
-            return sorted(self._sftp_client().listdir(self.sftp_path(path)))
-
-    def make_dirs(self, path: str) -> None:
-        """mkdir -p over SFTP."""
-        with self._op(f"make folder {path}", self.settings.io_timeout):
-            sftp = self._sftp_client()
-            target = self.sftp_path(path).rstrip("/") or "/"
-            missing = []
-            p = target
-            while p not in ("", "/"):
-                try:
-                    st = sftp.stat(p)
-                except FileNotFoundError:
-                    missing.append(p)
-                    p = posixpath.dirname(p)
-                    continue
-                if not stat_mod.S_ISDIR(st.st_mode or 0):
-                    raise RemoteError(f"{self.host.name}: {p} exists and is not a folder")
-                break
-            for d in reversed(missing):
-                try:
-                    sftp.mkdir(d)
-                except OSError:
-                    st = sftp.stat(d)     # made by someone else meanwhile is fine
-                    if not stat_mod.S_ISDIR(st.st_mode or 0):
-                        raise
-
-    def remove(self, path: str) -> bool:
-        """Remove a file; False when it was not there."""
-        with self._op(f"remove {path}", self.settings.io_timeout):
-            try:
-                self._sftp_client().remove(self.sftp_path(path))
-                return True
-            except FileNotFoundError:
-                return False
-
-    def read_tail(self, path: str, max_bytes: int) -> tuple[bytes, bool]:
-        """The last ``max_bytes`` of a file over SFTP, and whether that is the whole file."""
-        with self._op(f"read {path}", self.settings.io_timeout):
-            with self._sftp_client().open(self.sftp_path(path), "rb") as f:
-                size = f.stat().st_size
-                f.seek(max(0, size - max_bytes))
-                return f.read(max_bytes), size <= max_bytes
-
-    def read_bytes(self, path: str, max_bytes: int = 16 << 20) -> bytes:
-        with self._op(f"read {path}", self.settings.io_timeout):
-            with self._sftp_client().open(self.sftp_path(path), "rb") as f:
-                data = f.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise RemoteError(f"{self.host.name}: {path} is larger than {max_bytes} bytes")
-        return data
-
-    def write_bytes_atomic(self, path: str, data: bytes) -> None:
-        """Write a small file under a temp name, check its size, then rename over."""
-        tmp = f"{path}.{secrets.token_hex(4)}.tmp"
-        with self._op(f"write {path}", self.settings.io_timeout):
-            sftp = self._sftp_client()
-            with sftp.open(self.sftp_path(tmp), "wb") as f:
-                f.write(data)
-            self._commit(sftp, tmp, path, len(data))
-
-    def _commit(self, sftp, tmp: str, path: str, size: int) -> None:
-        st = sftp.stat(self.sftp_path(tmp))
-        if st.st_size != size:
-            sftp.remove(self.sftp_path(tmp))
-            raise TransferError(f"{self.host.name}: {path}: wrote {size} bytes, "
-                                f"found {st.st_size}")
-        try:
-            sftp.posix_rename(self.sftp_path(tmp), self.sftp_path(path))
-        except OSError:
-            # A server without posix-rename: rename refuses to overwrite, so remove first.
-            try:
-                sftp.remove(self.sftp_path(path))
-            except FileNotFoundError:
-                pass
-            sftp.rename(self.sftp_path(tmp), self.sftp_path(path))
-
-    def put_file(self, local: str | os.PathLike, remote: str, timeout: float | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[int, str]:
-        """Upload under a temp name, verify size and SHA-256 on the host, rename into
-        place. Returns (size, sha256)."""
-        size, digest = sha256_file(local)
-        tmp = f"{remote}.{secrets.token_hex(4)}.part"
-        timeout = timeout or self.settings.transfer_timeout
-        with self._op(f"upload {remote}", timeout):
-            sftp = self._sftp_client()
-            sftp.put(str(local), self.sftp_path(tmp), callback=progress, confirm=False)
-            remote_digest = self.remote_sha256(tmp, timeout=timeout)
-            if remote_digest != digest:
-                sftp.remove(self.sftp_path(tmp))
-                raise TransferError(f"{self.host.name}: {remote}: checksum after upload "
-                                    f"{remote_digest[:12]} differs from {digest[:12]}")
-            self._commit(sftp, tmp, remote, size)
-        return size, digest
-
-    def get_file(self, remote: str, local: str | os.PathLike, expected_sha256: str | None = None,
-                 timeout: float | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[int, str]:
-        """Download to a temp name, verify size and SHA-256 against the host's (or the given)
-        checksum, fsync, rename into place. Returns (size, sha256)."""
-        local = Path(local)
-        tmp = local.with_name(f".{local.name}.{secrets.token_hex(4)}.part")
-        timeout = timeout or self.settings.transfer_timeout
-        try:
-            with self._op(f"download {remote}", timeout):
-                want = expected_sha256 or self.remote_sha256(remote, timeout=timeout)
-                sftp = self._sftp_client()
-                remote_size = sftp.stat(self.sftp_path(remote)).st_size
-                sftp.get(self.sftp_path(remote), str(tmp), callback=progress)
-            size, digest = sha256_file(tmp)
-            if size != remote_size or digest != want.lower():
-                raise TransferError(f"{self.host.name}: {remote}: downloaded {size} bytes "
-                                    f"sha256 {digest[:12]}, expected {remote_size} bytes "
-                                    f"sha256 {want[:12]}")
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, local)
-            return size, digest
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
-# ---- trusting a new host ---------------------------------------------------------------
-@dataclass(frozen=True)
-class TrustResult:
-    host: str
-    key_type: str
-    fingerprint: str
-    recorded: bool          # written to known_hosts now
-    already_known: bool     # was already there, nothing to do
-
-
-def fetch_host_key(host: Host, settings: SSHSettings | None = None,
-                   prefer: list[str] | None = None) -> paramiko.PKey:
-    """The host's public key, from a key exchange without authentication."""
-    s = settings or SSHSettings()
-    where = f"{host.name} ({host.address}:{host.port})"
-    try:
-        sock = socket.create_connection((host.address, host.port), timeout=s.connect_timeout)
-    except OSError as exc:
-        raise Unreachable(f"{where}: {exc.strerror or exc}") from None
-    transport = paramiko.Transport(sock)
-    transport.banner_timeout = s.banner_timeout
-    if prefer:
-        opts = transport.get_security_options()
-        opts.key_types = [k for k in prefer if k in opts.key_types] + \
-            [k for k in opts.key_types if k not in prefer]
-    try:
-        transport.start_client(timeout=s.connect_timeout)
-        return transport.get_remote_server_key()
-    except (paramiko.SSHException, EOFError, OSError) as exc:
-        raise Unreachable(f"{where}: SSH handshake failed ({exc})") from None
-    finally:
-        transport.close()
-
-
-def trust(host: Host, known_hosts: str | os.PathLike,
-          confirm: Callable[[Host, str, str], bool],
-          settings: SSHSettings | None = None) -> TrustResult:
-    """Fetch ``host``'s key and record it in ``known_hosts`` only when ``confirm(host,
-    key_type, fingerprint)`` returns True. A key that differs from a recorded one is refused
-    here too: removing the old line is the operator's deliberate act."""
-    known_hosts = Path(known_hosts)
-    keys = load_known_hosts(known_hosts)
-    name = host.known_hosts_name
-    recorded = keys.lookup(name) or {}
-    key = fetch_host_key(host, settings, prefer=list(recorded.keys()))
-    key_type = key.get_name()
-    old = recorded.get(key_type)
-    if old is not None:
-        if old.asbytes() == key.asbytes():
-            return TrustResult(host.name, key_type, key.fingerprint, False, True)
-        raise ChangedHostKey(
-            f"{host.name}: HOST KEY CHANGED for {name}: it offers {key.fingerprint}, "
-            f"{known_hosts} has {old.fingerprint}; not recording it (if the host was "
-            f"reinstalled, remove its line from {known_hosts} first)",
-            fingerprint=key.fingerprint, expected_fingerprint=old.fingerprint)
-    if not confirm(host, key_type, key.fingerprint):
-        return TrustResult(host.name, key_type, key.fingerprint, False, False)
-    append_known_host(known_hosts, name, key)
-    return TrustResult(host.name, key_type, key.fingerprint, True, False)
-
-
-def append_known_host(known_hosts: Path, name: str, key: paramiko.PKey) -> None:
-    """Add one line to known_hosts atomically (temp file, fsync, rename)."""
-    known_hosts.parent.mkdir(parents=True, exist_ok=True)
-    old = known_hosts.read_text(encoding="utf-8") if known_hosts.exists() else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    tmp = known_hosts.with_name(f".{known_hosts.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(old + f"{name} {key.get_name()} {key.get_base64()}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, known_hosts)

@@ -27,7 +27,8 @@ from remote.commands import (CLOCK_SCRIPT, FILE_MISSING, HEALTH_SCRIPT, ROOT_MIS
 from remote.errors import (CommandFailed, ConnectionLost, RemoteError, RemoteFileMissing,
                            RemoteTimeout, TransferError)
 from remote.hosts import Host
-from remote.ssh import CommandResult, SSHConnection, SSHSettings, sha256_file
+from remote.sftp_files import sha256_file
+from remote.ssh import CommandResult, SSHConnection, SSHSettings
 
 Progress = Callable[[int, int], None]
 

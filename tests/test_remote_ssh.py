@@ -14,7 +14,8 @@ import pytest
 
 from remote.errors import (AuthFailed, ChangedHostKey, ConnectionLost, RemoteFileMissing,
                            RemoteTimeout, TransferError, UnknownHostKey, Unreachable)
-from remote.ssh import SSHConnection, trust
+from remote.hostkeys import trust
+from remote.ssh import SSHConnection
 from remote.transport import SSHTransport
 from tests.sshd_support import FAST, client_port, keygen, own_sshd, sshd  # noqa: F401
 

@@ -74,7 +74,7 @@ def _load(args):
 
 @_remote_errors_are_user_errors
 def cmd_list(args) -> int:
-    from remote.ssh import load_known_hosts
+    from remote.hostkeys import load_known_hosts
 
     _, hosts, _ = _load(args)
     known = load_known_hosts(hosts.known_hosts)
@@ -106,7 +106,7 @@ def cmd_list(args) -> int:
 @_remote_errors_are_user_errors
 def cmd_trust(args) -> int:
     from pipeline.core.errors import UserError
-    from remote.ssh import trust
+    from remote.hostkeys import trust
 
     _, hosts, settings = _load(args)
     host = hosts.get(args.name)

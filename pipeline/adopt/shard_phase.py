@@ -21,7 +21,7 @@ class ShardPhase:
     # ---- shards -----------------------------------------------------------------------
     def _shards(self) -> None:
         from pipeline.index.shard import Shard, list_shard_numbers, shard_dir_name
-        from pipeline.index.store import BatchRejected
+        from pipeline.index.errors import BatchRejected
 
         order, dims = self.layout
         store = self._store()

@@ -210,6 +210,6 @@ def check_vectors(src: SourceShard, order: list[str], threads: int = 4) -> None:
 
 
 def remove_staging(store_base: Path) -> None:
-    from pipeline.index.store import STAGING
+    from pipeline.index.adoption import STAGING
 
     shutil.rmtree(Path(store_base) / STAGING, ignore_errors=True)

@@ -32,9 +32,9 @@ model registry (pipeline.models.registry.VECTOR_ORDER / VECTOR_DIMS).
 from __future__ import annotations
 
 from pipeline.index.shard import Shard, list_shard_numbers  # noqa: F401
-from pipeline.index.store import (AdoptResult, BatchRejected,  # noqa: F401
-                                  FingerprintMismatch, ImportResult, IndexStore,
-                                  registry_layout)
+from pipeline.index.adoption import AdoptResult  # noqa: F401
+from pipeline.index.errors import BatchRejected, FingerprintMismatch  # noqa: F401
+from pipeline.index.store import ImportResult, IndexStore, registry_layout  # noqa: F401
 
 
 def open_store(root, conn=None, **overrides) -> IndexStore:
