@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pipeline.core import db
+from pipeline.core import db, schema
 
 
 def _fork(fn, *args) -> int:
@@ -198,7 +198,7 @@ def test_corrupt_db_is_refused_and_left_untouched(tmp_path):
 def test_newer_schema_is_refused_and_left_untouched(tmp_path):
     path = tmp_path / "new.db"
     conn = sqlite3.connect(path)
-    conn.execute(f"PRAGMA user_version = {db.SCHEMA_VERSION + 5}")
+    conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 5}")
     conn.execute("CREATE TABLE future(x)")
     conn.commit()
     conn.close()
@@ -211,7 +211,7 @@ def test_newer_schema_is_refused_and_left_untouched(tmp_path):
 def test_migration_is_forward_and_idempotent(tmp_path):
     path = tmp_path / "m.db"
     conn = db.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
     conn = db.connect(path)  # a second open changes nothing

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 from etsy_support import KEY, make_root, run_sync
-from pipeline.core import db
+from pipeline.core import db, schema
 from pipeline.sandbox.etsy_api import LocalEtsyAPI
 from pipeline.stages.sync.store import write_listings
 
@@ -49,7 +49,7 @@ def test_recrawl_keeps_first_seen_and_new_listings_get_their_own(tmp_path):
 def _v4_db(path) -> sqlite3.Connection:
     """A DB as version 4 of the schema left it."""
     conn = sqlite3.connect(str(path), isolation_level=None)
-    for script in db.MIGRATIONS[:4]:
+    for script in schema.MIGRATIONS[:4]:
         for statement in db._split_sql(script):
             conn.execute(statement)
     conn.execute("PRAGMA user_version = 4")
@@ -68,7 +68,7 @@ def test_migration_fills_first_seen_and_no_later_write_overwrites_it(tmp_path):
     old.close()
 
     conn = db.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     seen = dict(conn.execute("SELECT listing_id, first_seen FROM listings_static"))
     assert seen == {1: 1000.0, 2: 4000.0, 3: None}
 
