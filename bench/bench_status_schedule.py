@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.core import schedule
+from pipeline.core import cron, schedule
 from pipeline.core.root import Root
 from pipeline.status.snapshot import snapshot
 
@@ -38,8 +38,8 @@ def main() -> None:
     snapshot(root, with_locks=False)
 
     def uncached():
-        schedule.job_interval.cache_clear()
-        schedule._next_fire_after_minute.cache_clear()
+        cron.job_interval.cache_clear()
+        cron._next_fire_after_minute.cache_clear()
         snapshot(root, with_locks=False)
 
     jobs = len(schedule.load_jobs(root))

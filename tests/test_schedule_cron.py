@@ -9,8 +9,8 @@ from datetime import datetime
 import pytest
 
 from pipeline.core.errors import UserError
-from pipeline.core.schedule import (install, job_interval, launchd_plists, load_jobs, next_fire,
-                               parse_cron, prev_fire, run_due)
+from pipeline.core.cron import job_interval, next_fire, parse_cron, prev_fire
+from pipeline.core.schedule import install, launchd_plists, load_jobs, run_due
 from tests.archive_support import cli, write_config
 
 
@@ -142,7 +142,7 @@ def test_cached_next_fire_agrees_with_the_walk_at_any_moment():
     moments anywhere inside a minute and across days, weeks and months."""
     import random
 
-    from pipeline.core.schedule import next_fire, next_fire_cached, parse_cron
+    from pipeline.core.cron import next_fire, next_fire_cached, parse_cron
 
     rng = random.Random(7)
     for text in ("*/15 * * * *", "0 21 * * 6", "30 */6 * * *", "15 * * * *", "0 4 1 * *"):

@@ -30,7 +30,7 @@ def schedule_checks(ctx: DoctorContext, platform: str | None = None) -> list[Che
 
 def _next(ctx: DoctorContext, job) -> str:
     from pipeline.core.fmt import date_time
-    from pipeline.core.schedule import next_fire, parse_cron
+    from pipeline.core.cron import next_fire, parse_cron
 
     return f"next {date_time(next_fire(parse_cron(job.cron), ctx.now))} ({job.cron})"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline.core.schedule import parse_cron, prev_fire
+from pipeline.core.cron import parse_cron, prev_fire
 from pipeline.watch.conditions import Condition
 from pipeline.watch.context import WatchContext
 

@@ -20,7 +20,8 @@ def backups_section(root, conn, now, errors) -> list:
 
 def job_interval_s(root, job: str) -> float | None:
     try:
-        from pipeline.core.schedule import job_interval, load_jobs
+        from pipeline.core.cron import job_interval
+        from pipeline.core.schedule import load_jobs
 
         jobs = load_jobs(root)
         return job_interval(jobs[job].cron) if job in jobs else None
