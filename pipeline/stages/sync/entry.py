@@ -15,7 +15,8 @@ def add_arguments(parser) -> None:
 
 
 def run(ctx) -> int:
-    from pipeline.stages.sync.crawl import Settings, Sync
+    from pipeline.stages.sync.crawl import Sync
+    from pipeline.stages.sync.settings import Settings
 
     settings = Settings.from_config(ctx.config, ctx.args)
     return Sync(ctx, settings).run()
