@@ -17,12 +17,12 @@ def root(tmp_path):
 @pytest.fixture
 def clean_registry(monkeypatch):
     # Registrations made by a test go with it.
-    monkeypatch.setattr(registry, "_registered", dict(registry._registered))
+    monkeypatch.setattr(registry._registry, "_registered", dict(registry._registry._registered))
     return registry
 
 
 def test_stage_status_modules_are_discovered():
-    sections = [p.section for p in registry.providers()]
+    sections = [p.name for p in registry.providers()]
     for section in ("backups", "runner", "workers", "disk", "schedule"):
         assert section in sections
     assert sections.index("backups") < sections.index("runner") < sections.index("workers")

@@ -82,10 +82,10 @@ def snapshot(root, tracker: LockTracker | None = None, now: float | None = None,
             result["errors"].append(f"lock holders: {exc}")
     for provider in providers():
         try:
-            result[provider.section] = provider.fn(root, conn, now, result["errors"])
+            result[provider.name] = provider.fn(root, conn, now, result["errors"])
         except Exception as exc:  # one failing section never takes the status down
-            result[provider.section] = None
-            result["errors"].append(f"{provider.section}: {exc}")
+            result[provider.name] = None
+            result["errors"].append(f"{provider.name}: {exc}")
     if conn is not None:
         conn.close()
     return result
