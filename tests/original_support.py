@@ -516,3 +516,58 @@ def adopted_digest(root, times: bool = True) -> dict:
                     data = json.dumps(body, sort_keys=True).encode()
                 out[rel] = hashlib.sha256(data).hexdigest()
     return out
+
+
+# ---------------------------------------------------------------------------
+# The original's settings (adopt settings): .env, qps_config.json, workers, crontab, volumes
+# ---------------------------------------------------------------------------
+ORIGINAL_QPS = {"qps": 4, "daily_floor": 60, "slowdown_fraction": 0.9,
+                "note": "the original's own keys stay in its file"}
+ORIGINAL_WORKERS = [
+    {"name": "iMac", "host": "localhost", "project_dir": "/Users/op/418Dreamworks/imageselector"},
+    {"name": "MacBook Pro", "host": "mbp.local", "user": "embed", "ssh_key": "~/.ssh/id_ed25519",
+     "project_dir": "/Users/embed/imageselector", "python": "venv/bin/python3"},
+    {"name": "sleight", "host": "sleight.local", "port": 2222, "user": "embed",
+     "ssh_key": "~/.ssh/id_ed25519", "os": "windows", "enabled": False,
+     "project_dir": "C:\\Users\\embed\\imageselector"},
+]
+
+
+def write_original_settings(orig: Path, volumes: Path, password_file: Path, smtp_port: int,
+                            env: dict | None = None, key: str = "testkeystring1:testsharedsecret2") -> Path:
+    """The original's settings files in ``orig`` (its .env, data/db/qps_config.json,
+    bin/embedding/workers.json, backups/ as a link to the backup disk) and its crontab under
+    ``volumes`` (folders standing in for /Volumes/SSD500GB, HDD500GB, HDD1TB, HDD3TB, each with
+    a .Spotlight-V100/ the mirrors exclude). Returns the crontab file."""
+    keystring, _, secret = key.partition(":")
+    values = {"ETSY_KEYSTRING": keystring, "ETSY_SHARED_SECRET": secret,
+              "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_port), "SMTP_USER": "alerts",
+              "SMTP_PASSWORD_FILE": str(password_file), "ALERT_EMAIL": "op@example.net",
+              "SMS_GATEWAY": "5551234567@sms.example.net", "SMTP_FROM": "pipeline@imac.local"}
+    values.update(env or {})
+    (orig / "data" / "db").mkdir(parents=True, exist_ok=True)
+    lines = ["# the original's settings", *(f'export {k}="{v}"' for k, v in values.items() if v is not None)]
+    (orig / ".env").write_text("\n".join(lines) + "\n")
+    (orig / "data" / "db" / "qps_config.json").write_text(json.dumps(ORIGINAL_QPS))
+    (orig / "bin" / "embedding").mkdir(parents=True, exist_ok=True)
+    (orig / "bin" / "embedding" / "workers.json").write_text(json.dumps({"workers": ORIGINAL_WORKERS}))
+    for vol in ("SSD500GB", "HDD500GB", "HDD1TB", "HDD3TB"):
+        (volumes / vol / ".Spotlight-V100").mkdir(parents=True, exist_ok=True)
+        (volumes / vol / ".Spotlight-V100" / "store.db").write_bytes(vol.encode() * 10)
+    (volumes / "HDD1TB" / "backups").mkdir(exist_ok=True)
+    if not (orig / "backups").exists():
+        (orig / "backups").symlink_to(volumes / "HDD1TB" / "backups")
+    v, o = volumes, orig
+    cron = volumes.parent / "crontab.txt"
+    cron.write_text("\n".join([
+        "MAILTO=\"\"",
+        "# m h dom mon dow command",
+        f"0 21 * * 6 cd {o} && venv/bin/python3 bin/run_weekly.py >> logs/weekly.log 2>&1",
+        f"0 */12 * * * cd {o} && venv/bin/python3 bin/tar_images.py && venv/bin/python3 bin/update_primary.py",
+        f"15 * * * * rsync -a --delete {o}/data/db/ {v}/SSD500GB/imageselector/data/db/ >> {o}/logs/rsync.log 2>&1",
+        f"30 */6 * * * cd {o} && venv/bin/python3 bin/backup_db.py",
+        f"0 4 * * * rsync -a --delete --exclude '.Spotlight-V100/' {v}/HDD1TB/ {v}/HDD3TB/HDD1TB_mirror/",
+        f"0 6 * * * rsync -a --delete --exclude=.Spotlight-V100/ {v}/SSD500GB/ {v}/HDD500GB/",
+        "@reboot echo started",
+    ]) + "\n")
+    return cron

@@ -60,6 +60,29 @@ def cmd_adopt(args) -> int:
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
+def cmd_adopt_settings(args) -> int:
+    from pipeline.adopt.settings import adopt_settings
+    from pipeline.core.root import Root
+
+    root = Root.open(args.root)
+    report = adopt_settings(root, args.original_dir, crontab_file=args.crontab, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1, default=str))
+    else:
+        print(report.render_text())
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def _dispatch(args) -> int:
+    if getattr(args, "adopt_what", None) == "settings":
+        return cmd_adopt_settings(args)
+    if not args.original:
+        from pipeline.core.errors import UserError
+
+        raise UserError("adopt needs --from ORIGINAL_ROOT (the data) or: adopt settings ORIGINAL_DIR")
+    return cmd_adopt(args)
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "adopt", help="take over the original system's data in place (no re-crawl, no re-embed)",
@@ -69,7 +92,8 @@ def register(sub) -> None:
                     "--dry-run, nothing to refuse); 1: done, but the report names refused or "
                     "repaired inputs; 2: refused as a whole; 3: stopped (run again to resume).")
     add_root_argument(p)
-    p.add_argument("--from", dest="original", required=True, metavar="ORIGINAL_ROOT")
+    p.add_argument("--from", dest="original", default=None, metavar="ORIGINAL_ROOT",
+                   help="the original's folder whose data to adopt")
     p.add_argument("--dry-run", action="store_true",
                    help="check everything and report what would be adopted; write nothing")
     p.add_argument("--quick", action="store_true",
@@ -79,4 +103,21 @@ def register(sub) -> None:
                    help="model fingerprint for the adopted shards (default: adopt.fingerprint, "
                         "else the root's models)")
     p.add_argument("--json", action="store_true", help="the report as JSON")
-    p.set_defaults(func=cmd_adopt)
+    p.set_defaults(func=_dispatch)
+    what = p.add_subparsers(dest="adopt_what", metavar="settings")
+    sp = what.add_parser(
+        "settings", help="adopt the original's settings: Etsy key, rates, workers, alerts, "
+                         "schedule, mirrors",
+        description="Read ORIGINAL_DIR's .env, data/db/qps_config.json, worker definitions "
+                    "and crontab (docs/OPERATIONS.md lists what is read) and write this root's "
+                    "Etsy key file (mode 600), qps_config.json, hosts.toml and imageselector.toml "
+                    "([alerts], [schedule.jobs.*], [backup.mirrors.*], [backup.targets.*]). "
+                    "The original is only read; values the root already sets are kept. "
+                    "Exit 0: everything adopted; 1: adopted, but lines say what is missing.")
+    add_root_argument(sp)
+    sp.add_argument("original_dir", metavar="ORIGINAL_DIR")
+    sp.add_argument("--crontab", default=None, metavar="FILE",
+                    help="the original's crontab (default: the output of `crontab -l`)")
+    sp.add_argument("--dry-run", action="store_true", help="report what would be written; write nothing")
+    sp.add_argument("--json", action="store_true", help="the report as JSON")
+    sp.set_defaults(func=_dispatch)

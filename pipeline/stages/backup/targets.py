@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -47,6 +47,11 @@ class Mirror:
     sources: list[str]
     job: str
     create: bool = False
+    # exact: one `source` whose contents go to `dest` itself (rsync SRC/ DEST/), the
+    # original's form; else each of `sources` goes to dest/<path> or dest/<name>
+    exact: bool = False
+    excludes: list[str] = field(default_factory=list)     # rsync --exclude patterns
+    source_mount: Path | None = None   # the source's volume: refused when not mounted
 
 
 def _abs(root, value: str) -> Path:
@@ -83,13 +88,21 @@ def load_mirrors(root) -> list[Mirror]:
     out = []
     for name, m in sorted(raw.items()):
         where = f"backup.mirrors.{name}"
-        if not isinstance(m, dict) or "dest" not in m or not m.get("sources"):
-            raise UserError(f"{where}: needs dest and sources")
+        if not isinstance(m, dict) or "dest" not in m or not (m.get("sources") or m.get("source")):
+            raise UserError(f"{where}: needs dest and sources (or source)")
+        if m.get("sources") and m.get("source"):
+            raise UserError(f"{where}: give source (its contents into dest) or sources, not both")
+        excludes = m.get("excludes", [])
+        if not isinstance(excludes, list) or not all(isinstance(e, str) and e for e in excludes):
+            raise UserError(f"{where}: excludes must be a list of rsync patterns")
         kind = _check_kind(where, m.get("kind", "folder"))
         dest = _abs(root, m["dest"])
         mount = _abs(root, m["mount"]) if m.get("mount") else (dest if kind == "volume" else None)
-        out.append(Mirror(name, kind, dest, mount, [str(s) for s in m["sources"]],
-                          str(m.get("job", "mirror-data")), bool(m.get("create", False))))
+        exact = bool(m.get("source"))
+        sources = [str(m["source"])] if exact else [str(s) for s in m["sources"]]
+        out.append(Mirror(name, kind, dest, mount, sources, str(m.get("job", "mirror-data")),
+                          bool(m.get("create", False)), exact, list(excludes),
+                          _abs(root, m["source_mount"]) if m.get("source_mount") else None))
     return out
 
 

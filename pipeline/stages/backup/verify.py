@@ -13,7 +13,7 @@ from pathlib import Path
 from pipeline.core.fsutil import read_json_or_none
 from pipeline.stages.backup.copying import sha256_file
 from pipeline.stages.backup.generations import DB_REL, MANIFEST, generations
-from pipeline.stages.backup.mirror import mirror_pairs
+from pipeline.stages.backup.mirror import excluded, mirror_excludes, mirror_pairs
 from pipeline.stages.backup.records import (MIRROR, MIRROR_VERIFY, SNAPSHOT_VERIFY, Outcome, db_write, describe,
                                             finish_row, start_row)
 from pipeline.stages.backup.targets import BackupError, Mirror, Target
@@ -153,16 +153,20 @@ def verify_target(root, conn, target: Target) -> Outcome:
 # ---------------------------------------------------------------------------
 # Verifying a mirror
 # ---------------------------------------------------------------------------
-def count_tree(folder: Path, before: float | None = None, skip: set[str] = frozenset()) -> dict[str, int]:
+def count_tree(folder: Path, before: float | None = None, skip: set[str] = frozenset(),
+               excludes: list[str] = ()) -> dict[str, int]:
     """{relative path: size} of the regular files under ``folder`` (files modified at or after
-    ``before`` left out: they changed after the mirror began)."""
+    ``before`` left out: they changed after the mirror began; the mirror's rsync excludes too)."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".~tmp~")]
+        here = os.path.relpath(dirpath, folder)
+        here = "" if here == "." else here + "/"
+        dirnames[:] = [d for d in dirnames if not d.startswith(".~tmp~")
+                       and not (excludes and excluded(here + d, True, excludes))]
         for f in filenames:
             p = Path(dirpath) / f
             rel = str(p.relative_to(folder))
-            if rel in skip:
+            if rel in skip or (excludes and excluded(rel, False, excludes)):
                 continue
             try:
                 st = p.lstat()
@@ -191,8 +195,8 @@ def verify_mirror(root, conn, m: Mirror, since: float | None = None) -> Outcome:
             if holds:
                 rel = str(root.db_path.relative_to(src))
                 skip = {rel, rel + "-wal", rel + "-shm", rel + "-journal"}
-            a = count_tree(src, since, skip)
-            b = count_tree(dst, None, skip)
+            a = count_tree(src, since, skip, mirror_excludes(m))
+            b = count_tree(dst, None, skip, mirror_excludes(m))
             missing = [r for r in a if r not in b]
             short = [r for r in a if r in b and b[r] != a[r]]
             lines.append(f"{src}: {len(a)} files {sum(a.values()):,} B; {dst}: {len(b)} files "
