@@ -40,11 +40,44 @@ def optional_function(module: str, name: str) -> Callable | None:
 # ---------------------------------------------------------------------------
 # Local stages, DB, lock holders (the data of pipeline/status/snapshot.py)
 # ---------------------------------------------------------------------------
+_usage = None   # pipeline.status.proc_usage.ProcessUsage, made on first use
+
+
 def local_stages(root, now: float) -> list[dict]:
+    """This host's stage rows, each running one with its CPU % since the previous poll and
+    its resident memory (psutil; fresher than the heartbeat's)."""
+    global _usage
     from pipeline.core.stage_observe import stage_status
+    from pipeline.status.proc_usage import ProcessUsage
     from pipeline.status.snapshot import local_stage_names
 
-    return [stage_status(root, name, now) for name in local_stage_names(root)]
+    if _usage is None:
+        _usage = ProcessUsage()
+    rows = [stage_status(root, name, now) for name in local_stage_names(root)]
+    for row in rows:
+        if row.get("pid"):
+            row.update({k: v for k, v in _usage.sample(row["pid"]).items() if v is not None})
+    _usage.forget_others({int(r["pid"]) for r in rows if r.get("pid")})
+    return rows
+
+
+def queue_reasons(root, depths: dict, rows: list[dict], now: float) -> dict[str, dict]:
+    """Why each held-back queue waits, and when it moves next (pipeline/status/queue_reasons.py,
+    the same words as `status`), from the stage rows of every host."""
+    from pipeline.status.queue_reasons import reasons_for_root
+
+    return reasons_for_root(root, depths, rows, now)
+
+
+def name_lock_holders(holders: list[dict], rows: list[dict]) -> list[dict]:
+    """Each lock holder with its stage and host (the heartbeats' pids; this process is
+    "console") and its command without the interpreter's path."""
+    import os
+
+    from pipeline.status.lock_owners import name_holders
+
+    return name_holders(holders, [r for r in rows if r.get("host", "local") == "local"],
+                        own_pid=os.getpid())
 
 
 def connect_read_only(db_path: Path, timeout_s: float) -> sqlite3.Connection:
@@ -135,6 +168,23 @@ def stage_heartbeat(root, name: str) -> dict:
     from pipeline.core.fsutil import read_json_or_none
 
     return read_json_or_none(root.heartbeat_path(name)) or {}
+
+
+# ---------------------------------------------------------------------------
+# The doctor (`imageselector doctor`): run one area at a time so the screen shows progress
+# ---------------------------------------------------------------------------
+def doctor_areas(root) -> list[str]:
+    from pipeline.doctor.runner import area_names
+
+    return area_names()
+
+
+def doctor_checks(root, areas: list[str] | None = None) -> list:
+    """pipeline.doctor.runner.run_checks, as the CLI runs it (no --host, no test alert):
+    Check objects (each .line() is the CLI's line). Slow: SSH to workers, a live Etsy call."""
+    from pipeline.doctor.runner import run_checks
+
+    return run_checks(root, host=None, send_test_alert=False, areas=areas)
 
 
 # ---------------------------------------------------------------------------
@@ -378,6 +428,10 @@ class Sources:
     """The functions the console polls and calls; tests replace some of them."""
 
     local_stages: Callable = local_stages
+    queue_reasons: Callable = queue_reasons
+    name_lock_holders: Callable = name_lock_holders
+    doctor_areas: Callable = doctor_areas
+    doctor_checks: Callable = doctor_checks
     read_db: Callable = read_db
     read_backups: Callable = read_backups
     lock_holders: Callable = lock_holders

@@ -6,8 +6,10 @@ stages, DB, locks, each worker host, the selected log, the run -- is polled in i
 thread and re-scheduled when its answer arrives, so a source that fails or hangs shows that
 in its own panel while the others keep refreshing), putting answers on the panels
 (panel_feed.py), worker hosts (host_sources.py), the followed log (log_follow.py), action
-threads and the command log (background.py), the stage keys (stage_actions.py) and search
-(search_actions.py). Data comes from console/adapters.py.
+threads and the command log (background.py), the stage keys (stage_actions.py, and
+stage_lifecycle.py for pause, resume and restart of one stage) and search (search_actions.py);
+where each key acts (key_scope.py), text boxes (input_keys.py), table filter and sort
+(table_keys.py) and the log keys (log_keys.py). Data comes from console/adapters.py.
 Quitting stops nothing: stages run detached and only explicit keys write kill files.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Callable
 
 from textual import on
 from textual.app import App, ComposeResult
-from textual.containers import Horizontal
+from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
 from console.adapters import Sources
@@ -28,8 +30,11 @@ from console.command_log import CommandLog
 from console.commands import bindings
 from console.history import QueueHistory
 from console.host_sources import HostSources
+from console.input_keys import InputKeys
+from console.key_scope import KeyScope
 from console.lock_view import LockView
 from console.log_follow import LogFollow
+from console.log_keys import LogKeys
 from console.palette import ConsoleCommands
 from console.panel_feed import PanelFeed
 from console.polling import PollScheduler
@@ -37,6 +42,8 @@ from console.screens.help_screen import HelpScreen
 from console.search_actions import SearchActions
 from console.settings import ConsoleSettings
 from console.stage_actions import StageActions
+from console.stage_lifecycle import StageLifecycle
+from console.table_keys import TableKeys
 from console.widgets.backups_panel import BackupsPanel
 from console.widgets.command_log_panel import CommandLogPanel
 from console.widgets.listing_card import ListingCard, image_widget_class
@@ -55,7 +62,8 @@ CSS_FILE = Path(__file__).resolve().parent.parent / "console.tcss"
 
 
 class ConsoleApp(PollScheduler, PanelFeed, HostSources, LogFollow, BackgroundActions,
-                 StageActions, SearchActions, App):
+                 StageActions, StageLifecycle, SearchActions, KeyScope, InputKeys, TableKeys,
+                 LogKeys, App):
     # The mixins come before App so that their methods win, as if written here. Textual
     # registers @on handlers only in the App class's own body, so those stay below.
     CSS_PATH = str(CSS_FILE)
@@ -104,13 +112,16 @@ class ConsoleApp(PollScheduler, PanelFeed, HostSources, LogFollow, BackgroundAct
         with TabbedContent(id="tabs", initial="dashboard"):
             with TabPane("Dashboard", id="dashboard"):
                 yield StagesPanel(id="stages")
+                # queues and backups side by side, each wide enough for all of its columns
+                # at 160; the lock holders over the command log, beside the log
                 with Horizontal(id="middle"):
                     yield QueuesPanel(id="queues")
-                    yield LocksPanel(id="locks")
                     yield BackupsPanel(id="backups")
                 with Horizontal(id="bottom"):
                     yield LogsPanel(context=self.settings.log_context, id="logs")
-                    yield CommandLogPanel(id="commands")
+                    with Vertical(id="side"):
+                        yield LocksPanel(id="locks")
+                        yield CommandLogPanel(id="commands")
             with TabPane("Run and alerts", id="run"):
                 yield RunnerPanel(id="runner")
             with TabPane("Search", id="search"):
@@ -127,6 +138,8 @@ class ConsoleApp(PollScheduler, PanelFeed, HostSources, LogFollow, BackgroundAct
             status_bar=self.query_one(StatusBar), too_small=self.query_one(TooSmall),
             stages_table=self.query_one(StagesTable), tabs=self.query_one(TabbedContent))
         self.set_keymap(self.keymap)
+        # full screen on and off (z, Escape) changes which keys act: the footer follows
+        self.watch(self.screen, "maximized", lambda *_: self.refresh_bindings(), init=False)
         self.panels.too_small.check(self.size.width, self.size.height)
         self.panels.stages_table.focus()
         if self.poll_enabled:
@@ -171,24 +184,47 @@ class ConsoleApp(PollScheduler, PanelFeed, HostSources, LogFollow, BackgroundAct
         self._selection_changed(event.row_key.value if event.row_key else None)
 
     # ------------------------------------------------------------------ view
-    def action_log_search(self) -> None:
-        self.panels.tabs.active = "dashboard"
-        self.panels.logs.open_search()
-
     def action_show_tab(self, tab: str) -> None:
         self.panels.tabs.active = tab
+        # focus now, not when TabActivated arrives: keys typed right after 3 go to the box
+        self._focus_tab(tab)
 
     @on(TabbedContent.TabActivated)
     def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
-        """Focus follows the tab, so typed text never lands on the stage keys by mistake."""
+        """Focus follows the tab (a click on it too), so typed text never lands on the stage
+        keys by mistake; the footer then shows the keys of that tab."""
         tab = event.pane.id if event.pane is not None else None
+        self._focus_tab(tab)
+        self.refresh_bindings()
+
+    def _focus_tab(self, tab: str | None) -> None:
         if tab == "search":
-            self.query_one("#search-input").focus()
-        elif tab == "dashboard":
-            self.panels.stages_table.focus()
+            field = self.query_one("#search-input")
+            if self.focused is not field:
+                self.screen.set_focus(field)
+        else:
+            self.focus_home()
+
+    def focus_home(self) -> None:
+        """Where the focus rests on each tab: the stages table on the Dashboard (the stage keys
+        act on its highlighted row), nothing elsewhere (the tab's own keys and 1 2 3 ? q)."""
+        if self.panels.tabs.active == "dashboard" and self.screen.maximized is None:
+            if self.focused is not self.panels.stages_table:
+                self.screen.set_focus(self.panels.stages_table)
+        else:
+            self.screen.set_focus(None)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.keymap))
+
+    def action_doctor(self) -> None:
+        """The doctor's checks in a screen of their own, run in the background."""
+        from console.screens.doctor_screen import DoctorScreen
+
+        if isinstance(self.screen, DoctorScreen):
+            return          # already showing (r runs it again)
+        self.log_command("doctor: checking what the weekly run needs")
+        self.push_screen(DoctorScreen(self.root, self.sources))
 
     # ------------------------------------------------------------------ search
     @on(SearchPane.Requested)

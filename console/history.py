@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from collections import deque
 
-# Which stage drains each queue (its rate is the queue's throughput).
-QUEUE_CONSUMER = {
-    "discovered": "download",
-    "downloaded": "orchestrate",
-    "batched": "worker",
-    "embedded": "tar",
-}
+# Which stage drains each queue (its rate is the queue's throughput): the queue reasons' table.
+from pipeline.status.queue_reasons import CONSUMER as QUEUE_CONSUMER  # noqa: F401 (re-exported)
+
+# The net flow and the ETA are over the last minute, like a stage's rate (its heartbeat's),
+# so a queue that stopped moving shows no flow a minute later, not ten.
+RECENT_S = 60.0
 
 
 class QueueHistory:
@@ -53,9 +52,15 @@ class QueueHistory:
     def latest(self, state: str):
         return self.samples[-1][1].get(state) if self.samples else None
 
-    def net_rate(self, state: str) -> float | None:
-        """Change of the depth per second over the window (negative: the queue drains)."""
+    def net_rate(self, state: str, recent_s: float = RECENT_S) -> float | None:
+        """Change of the depth per second over the last recent_s (negative: the queue
+        drains), or between the last two samples when polls are further apart than that."""
         points = [(t, d[state]) for t, d in self.samples if d.get(state) is not None]
+        if len(points) < 2:
+            return None
+        since = points[-1][0] - recent_s
+        points = [p for p in points if p[0] >= since - 1e-9] if points[-2][0] >= since - 1e-9 \
+            else points[-2:]
         if len(points) < 2 or points[-1][0] - points[0][0] <= 0:
             return None
         (t0, d0), (t1, d1) = points[0], points[-1]

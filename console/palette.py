@@ -1,5 +1,6 @@
 """The command palette (ctrl+p) provider: the console's commands, from the same list as the
-bindings and the help screen, each with its current key."""
+bindings and the help screen, each with its current key; only those that act where the
+console is (console/key_scope.py), as in the footer."""
 from __future__ import annotations
 
 from functools import partial
@@ -11,9 +12,12 @@ from console.commands import COMMANDS, effective_key
 
 class ConsoleCommands(Provider):
     def _entries(self):
+        from console.key_scope import acts_now
+
         keymap = getattr(self.app, "keymap", {})
         for command in COMMANDS:
-            yield command, f"{command.help} ({effective_key(command, keymap)})"
+            if acts_now(self.app, command):
+                yield command, f"{command.help} ({effective_key(command, keymap)})"
 
     async def discover(self) -> Hits:
         for command, help_text in self._entries():

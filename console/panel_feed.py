@@ -7,7 +7,21 @@ from typing import Any
 
 from console import actions
 from console.polling import MESSAGE, OK, UNAVAILABLE
-from console.widgets.stages_panel import clock_messages, row_key
+from console.widgets.stages_panel import clock_messages, row_key, shown_rate
+from pipeline.status.queue_reasons import IMAGE_STAGES
+
+
+def running_rates(rows: list[dict]) -> dict[str, float | None]:
+    """Each stage that moves images and runs now (on any host), in pipeline order, with its
+    rate summed over its hosts; None while it runs without one. A paused or stopped stage's
+    last average is not a rate (shown_rate), so it is not here."""
+    running: dict[str, float | None] = {}
+    for name in IMAGE_STAGES:
+        rows_running = [r for r in rows if r.get("name") == name and r.get("state") == "running"]
+        if rows_running:
+            rates = [float(shown_rate(r)) for r in rows_running if shown_rate(r)]
+            running[name] = sum(rates) if rates else None
+    return running
 
 
 class PanelFeed:
@@ -37,7 +51,8 @@ class PanelFeed:
                 self.panels.backups.show_message(text)
         elif source == "locks":
             if kind == OK:
-                self.panels.locks.show(data, self.clock())
+                self.panels.locks.show(self.sources.name_lock_holders(data, self.local_rows),
+                                       self.clock())
             else:
                 self.panels.locks.show_message(f"lock holders: {text}")
         elif source == "hosts":
@@ -78,12 +93,15 @@ class PanelFeed:
             self._selection_changed(self.panels.stages.selected_key())
 
     def _render_queues(self) -> None:
-        rates = {r["name"]: r.get("rate") for r in self.local_rows if r.get("rate")}
-        for rows in self.host_rows.values():
-            for r in rows:
-                if r.get("rate"):
-                    rates[r["name"]] = (rates.get(r["name"]) or 0) + r["rate"]
-        self.panels.queues.show(self.history, rates)
+        rows = self.all_rows()
+        depths = self.history.samples[-1][1] if self.history.samples else {}
+        reasons, message = {}, None
+        if depths:
+            try:
+                reasons = self.sources.queue_reasons(self.root, depths, rows, self.clock())
+            except Exception as exc:  # the reasons are extra: never lose the queues for them
+                message = f"queue reasons: {type(exc).__name__}: {exc}"
+        self.panels.queues.show(self.history, running_rates(rows), message, reasons=reasons)
 
     def _note_exits(self) -> None:
         """A stage the console asked to stop has exited: say so once. A stage that was

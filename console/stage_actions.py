@@ -17,6 +17,11 @@ class StageActions:
 
     # ------------------------------------------------------------------ stage actions
     def _selected(self) -> dict | None:
+        """The highlighted row of the stages table, only while that table is on screen: a key
+        never acts on a selection the operator cannot see."""
+        if self.panels.tabs.active != "dashboard" or self.screen.maximized is not None:
+            self.refuse("the stage keys act on the highlighted row of the Dashboard (1)")
+            return None
         row = self.row(self.panels.stages.selected_key())
         if row is None:
             self.refuse("select a stage first")
@@ -50,15 +55,19 @@ class StageActions:
             return
         self._stop(row)
 
+    def _stop_fn(self, row: dict):
+        """What writes this row's kill file (here or over SSH), to run in an action thread."""
+        name, host = row["name"], row.get("host", "local")
+        if host == "local":
+            return lambda: actions.stop_local(self.root, name)
+        host_info = self._host(host)
+        return lambda: self.sources.stop_remote(self.root, host_info, name)
+
     def _stop(self, row: dict) -> None:
-        key, name, host = row_key(row), row["name"], row.get("host", "local")
+        key = row_key(row)
         self.stopping.add(key)
         self._render_stages()
-        if host == "local":
-            fn = lambda: actions.stop_local(self.root, name)  # noqa: E731
-        else:
-            host_info = self._host(host)
-            fn = lambda: self.sources.stop_remote(self.root, host_info, name)  # noqa: E731
+        fn = self._stop_fn(row)
 
         def done(kind, data):
             if kind != OK:
@@ -120,21 +129,36 @@ class StageActions:
         self.background(f"force stop {name}", ladder, done=lambda kind, data: self.kick("stages"))
 
     def action_stop_all(self) -> None:
-        rows = actions.stop_all_order(self.all_rows())
+        """Kill files for every running stage, one after the other in the order the dialog
+        lists (one action thread), leaving the sandbox's local Etsy API running."""
+        live = self.all_rows()
+        rows = actions.stop_all_order(live)
+        kept = actions.stop_all_kept(live)
         if not rows:
-            self.refuse("no stage is running")
+            self.refuse("no stage is running" + (f" (only {', '.join(row_key(r) for r in kept)}, "
+                                                 f"which stop all leaves running)" if kept else ""))
             return
-        listing = ", ".join(row_key(r) for r in rows)
+        keys = [row_key(r) for r in rows]
 
         def answer(yes: bool | None) -> None:
             if not yes:
+                self.log_command("stop all: not confirmed, nothing done")
                 return
-            self.log_command(f"stop all: {listing}")
-            for row in rows:
-                self._stop(row)
+            self.log_command(f"stop all, in this order: {', '.join(keys)}")
+            self.stopping.update(keys)
+            self._render_stages()
+            steps = [(key, self._stop_fn(row)) for key, row in zip(keys, rows)]
 
-        self.push_screen(ConfirmScreen("Stop all stages?",
-                                       f"Kill files, in pipeline order: {listing}"), answer)
+            def done(kind, failed):
+                for key in (failed if kind == OK else keys):
+                    self.stopping.discard(key)
+                self.kick("stages")
+
+            self.background("stop all", lambda: actions.run_in_order(steps, self.log_command),
+                            done=done, quiet=True)
+
+        self.push_screen(ConfirmScreen("Stop all stages?", actions.stop_all_text(rows, kept)),
+                         answer)
 
     def action_deploy(self) -> None:
         row = self._selected()

@@ -25,6 +25,18 @@ Example::
     python = 'C:\\Users\\imageselector\\imageselector\\.venv\\Scripts\\python.exe'
     os = "windows"
 
+    [workers.rented]
+    kind = "ray"                      # a Ray cluster: the orchestrator ships, Ray computes
+    address = "ray://10.0.0.5:10001"  # Ray client, or the head's "host:port" when this
+                                      # machine is a node of that cluster
+    actors = 4                        # model actors (each loads the models once)
+    num_gpus = 1                      # per actor (optional, default 0)
+    num_cpus = 4                      # per actor (optional, default 1)
+    memory_gb = 24                    # per actor (optional: Ray's memory resource)
+
+Ray workers are kept apart (``HostsFile.ray``): everything that reaches a host over SSH
+iterates ``HostsFile`` and never sees them; the orchestrator and status ask for both.
+
 Every problem is one ``HostsConfigError`` naming the file and the key.
 """
 from __future__ import annotations
@@ -49,6 +61,26 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _TOP_KEYS = {"known_hosts", "workers"}
 _SSH_KEYS = {"address", "port", "user", "key_file", "root", "python", "os", "local", "checkout"}
 _LOCAL_KEYS = {"local", "root", "python", "os", "checkout"}
+_RAY_KEYS = {"kind", "address", "actors", "num_cpus", "num_gpus", "memory_gb"}
+KINDS = ("ssh", "local", "ray")
+# a Ray client address (ray://host:port) or a GCS address (host:port)
+_RAY_ADDRESS_RE = re.compile(r"^(ray://)?[A-Za-z0-9]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?:[0-9]{1,5}$")
+
+
+@dataclass(frozen=True)
+class RaySpec:
+    """A Ray worker: the cluster's address and its model actors (resources per actor)."""
+
+    address: str
+    actors: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory_gb: float | None = None
+
+    def describe(self) -> str:
+        need = f"{self.num_cpus:g} CPU" + (f", {self.num_gpus:g} GPU" if self.num_gpus else "") + \
+            (f", {self.memory_gb:g} GB" if self.memory_gb else "")
+        return f"ray {self.address}, {self.actors} actor(s) of {need}"
 
 
 @dataclass(frozen=True)
@@ -66,6 +98,11 @@ class Host:
     python: str | None = None
     os: str = "posix"
     checkout: str | None = None   # the git checkout that `hosts deploy` pulls there
+    ray: RaySpec | None = None    # kind = "ray": a Ray cluster, not a host
+
+    @property
+    def kind(self) -> str:
+        return "ray" if self.ray else "local" if self.local else "ssh"
 
     @property
     def is_windows(self) -> bool:
@@ -79,6 +116,8 @@ class Host:
         return f"[{self.address}]:{self.port}"
 
     def describe(self) -> str:
+        if self.ray:
+            return f"{self.name} ({self.ray.describe()})"
         if self.local:
             return f"{self.name} (local)"
         return f"{self.name} ({self.user}@{self.address}:{self.port}, {self.os})"
@@ -87,7 +126,8 @@ class Host:
         return {"name": self.name, "local": self.local, "address": self.address,
                 "port": self.port, "user": self.user,
                 "key_file": str(self.key_file) if self.key_file else None,
-                "root": self.root, "python": self.python, "os": self.os, "checkout": self.checkout}
+                "root": self.root, "python": self.python, "os": self.os, "checkout": self.checkout,
+                "kind": self.kind, "ray": self.ray.__dict__.copy() if self.ray else None}
 
 
 @dataclass(frozen=True)
@@ -96,6 +136,7 @@ class HostsFile:
     known_hosts: Path
     workers: dict[str, Host] = field(default_factory=dict)
     exists: bool = True
+    ray: dict[str, Host] = field(default_factory=dict)   # kind = "ray" (not iterated)
 
     def get(self, name: str) -> Host:
         try:
@@ -137,6 +178,7 @@ def parse_hosts(data: dict, path: Path) -> HostsFile:
     if not isinstance(workers_raw, dict):
         raise HostsConfigError(f"{path}: workers must be a table ([workers.NAME])")
     workers: dict[str, Host] = {}
+    ray: dict[str, Host] = {}
     for name, table in workers_raw.items():
         if not _NAME_RE.match(name):
             raise HostsConfigError(
@@ -144,8 +186,45 @@ def parse_hosts(data: dict, path: Path) -> HostsFile:
                 f"(at most 63, starting with a letter or digit)")
         if not isinstance(table, dict):
             raise HostsConfigError(f"{path}: workers.{name} must be a table")
-        workers[name] = _parse_worker(path, name, table)
-    return HostsFile(path=path, known_hosts=known_hosts, workers=workers)
+        kind = table.get("kind", "ssh")
+        if kind not in KINDS:
+            raise HostsConfigError(f"{path}: workers.{name}.kind must be one of "
+                                   f"{', '.join(KINDS)}, got {kind!r}")
+        if kind == "ray":
+            ray[name] = _parse_ray_worker(path, name, table)
+        else:
+            body = {k: v for k, v in table.items() if k != "kind"}
+            if kind == "local" and body.get("local", True) is not True:
+                raise HostsConfigError(f"{path}: workers.{name}: kind = \"local\" with local = false")
+            if kind == "local":
+                body["local"] = True
+            workers[name] = _parse_worker(path, name, body)
+    return HostsFile(path=path, known_hosts=known_hosts, workers=workers, ray=ray)
+
+
+def _parse_ray_worker(path: Path, name: str, t: dict) -> Host:
+    where = f"workers.{name}"
+    _no_unknown_keys(path, where, t, _RAY_KEYS)
+    address = _req_str(path, where, t, "address")
+    port = address.rpartition(":")[2]
+    if not _RAY_ADDRESS_RE.match(address) or not 1 <= int(port or 0) <= 65535:
+        raise HostsConfigError(f"{path}: {where}.address must be ray://HOST:PORT or the head's "
+                               f"HOST:PORT, got {address!r}")
+    actors = t.get("actors", 1)
+    if not isinstance(actors, int) or isinstance(actors, bool) or not 1 <= actors <= 4096:
+        raise HostsConfigError(f"{path}: {where}.actors must be an integer 1-4096, got {actors!r}")
+    numbers = {}
+    for key, default, least in (("num_cpus", 1.0, 0.0), ("num_gpus", 0.0, 0.0),
+                                ("memory_gb", None, 0.0)):
+        value = t.get(key, default)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or value < least or value != value or value > 1e6):
+            raise HostsConfigError(f"{path}: {where}.{key} must be a number >= 0, got {value!r}")
+        numbers[key] = float(value) if value is not None else None
+    if not numbers["num_cpus"] and not numbers["num_gpus"]:
+        raise HostsConfigError(f"{path}: {where}: an actor needs num_cpus or num_gpus above 0")
+    return Host(name=name, address=address, port=int(port),
+                ray=RaySpec(address=address, actors=actors, **numbers))
 
 
 def _parse_worker(path: Path, name: str, t: dict) -> Host:

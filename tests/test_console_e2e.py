@@ -96,3 +96,35 @@ def test_console_in_tmux(tmp_path):
     finally:
         tmux.kill()
         stop_if_running(root)
+
+
+def box_line(text: str, marker: str = "▊") -> str:
+    """The text line of the first text box on screen (its left edge is drawn with ▊)."""
+    lines = [line for line in text.splitlines() if marker in line]
+    return lines[1] if len(lines) > 1 else ""
+
+
+def test_a_fast_burst_of_keys_lands_in_order_in_tmux(tmp_path):
+    """Typing, ten backspaces, typing, sent as one send-keys call (the bytes reach the app in
+    one burst): the search box and the palette end with the last word only."""
+    root = make_root(tmp_path / "root", console={"refresh_s": 0.5})
+    tmux = Tmux(f"{sys.executable} -m imageselector --root {root.path} console")
+    burst = [*"hello", *["BSpace"] * 10, *"world"]
+    try:
+        tmux.wait_for(lambda t: "Stages" in t, what="the console")
+        tmux.send("3")
+        tmux.send("a")   # the box has the focus once this shows
+        tmux.wait_for(lambda t: " a " in box_line(t), what="the search box")
+        tmux.send("BSpace", *burst)
+        text = tmux.wait_for(lambda t: "world" in box_line(t), what="the burst typed")
+        assert box_line(text).split("▊", 1)[1].strip(" ▎│") == "world"
+        tmux.send("Escape")
+        tmux.send("C-p")
+        tmux.wait_for(lambda t: "🔎" in t, what="the palette")
+        tmux.send(*burst)
+        text = tmux.wait_for(lambda t: "world" in next(
+            (line for line in t.splitlines() if "🔎" in line), ""), what="the burst in the palette")
+        palette_line = next(line for line in text.splitlines() if "🔎" in line)
+        assert palette_line.split("🔎", 1)[1].strip() == "world"
+    finally:
+        tmux.kill()

@@ -97,6 +97,7 @@ def test_log_search_keeps_context(tmp_path):
             logs = app.query_one(LogsPanel)
             await wait_until(pilot, lambda: any("line 19" in t for t in logs.visible_text()),
                              what="the tail")
+            logs.view.focus()                 # / searches the log when the log has focus
             await pilot.press("slash")
             await pilot.press(*"needle", "enter")
             await wait_until(pilot, lambda: any("NEEDLE" in t for t in logs.visible_text()))

@@ -62,12 +62,23 @@ def queue_history() -> QueueHistory:
 
 
 def queues_app() -> App:
-    rates = {r["name"]: r["rate"] for r in busy()["stages"] if r.get("rate")}
-    return PanelApp(QueuesPanel, lambda app: app.query_one(QueuesPanel).show(queue_history(), rates))
+    from console.panel_feed import running_rates
+    from pipeline.status.queue_reasons import queue_reasons
+
+    rows = all_stage_rows()
+    history = queue_history()
+    reasons = queue_reasons(history.samples[-1][1], rows, batch_size=10000, per_tar=10000,
+                            now=FIXED_NOW)
+    return PanelApp(QueuesPanel, lambda app: app.query_one(QueuesPanel).show(
+        history, running_rates(rows), reasons=reasons))
 
 
 def locks_app() -> App:
-    return PanelApp(LocksPanel, lambda app: app.query_one(LocksPanel).show(busy()["locks"], FIXED_NOW))
+    from pipeline.status.lock_owners import name_holders
+
+    snap = busy()
+    holders = name_holders(snap["locks"], snap["stages"], hostname="imac")
+    return PanelApp(LocksPanel, lambda app: app.query_one(LocksPanel).show(holders, FIXED_NOW))
 
 
 def backups_app() -> App:
@@ -199,9 +210,9 @@ def dashboard_app(tmp_path):
 
 
 PANELS = {
-    "stages": (stages_app, (130, 18)),
-    "queues": (queues_app, (90, 13)),
-    "locks": (locks_app, (110, 8)),
+    "stages": (stages_app, (160, 18)),
+    "queues": (queues_app, (90, 17)),
+    "locks": (locks_app, (90, 8)),
     "backups": (backups_app, (90, 17)),
     "backups_before_scheduler": (backups_before_scheduler_app, (90, 14)),
     "logs": (lambda: logs_app(""), (100, 14)),
@@ -227,7 +238,7 @@ def test_dashboard_snapshot(snap_compare, tmp_path):
 def test_help_snapshot(snap_compare, tmp_path):
     from console.app import ConsoleApp
 
-    root = make_root(tmp_path / "root", console={"keymap": {"stop": "z"}})
+    root = make_root(tmp_path / "root", console={"keymap": {"stop": "k"}})
     app = ConsoleApp(root, clock=fixed_clock, poll=False, image_class=None)
     app.root_text = "/srv/isroot (production)"
     assert snap_compare(app, press=["question_mark"], terminal_size=(130, 40))

@@ -1,6 +1,6 @@
-"""Backups panel: each target's last success and its age against its schedule (overdue in a
-warning colour), size and verification; below, the scheduled jobs with their last result
-(or, before the scheduler exists, the last backup runs)."""
+"""Backups panel: each target's last success, size, verification and flags in the words of
+`imageselector backup status` (OVERDUE in a warning colour, LAST FAILED in red); below, the
+scheduled jobs with their last result (or, before the scheduler exists, the last backup runs)."""
 from __future__ import annotations
 
 from textual.app import ComposeResult
@@ -14,8 +14,9 @@ from console.widgets.text_updates import set_message, set_text
 
 class BackupsTable(SyncedTable):
     COMPONENT_CLASSES = {"backup--ok", "backup--overdue", "backup--failed", "backup--running"}
+    # all of it visible in a 160-column terminal (the words of `imageselector backup status`)
     COLUMNS = [("target", "target", 8), ("kind", "kind", 8), ("last_ok", "last ok", 9),
-               ("status", "status", 21), ("size", "size", 8), ("verified", "verified", 8)]
+               ("size", "size", 8), ("verified", "verified", 12), ("status", "status", 20)]
 
 
 class JobsTable(SyncedTable):
@@ -24,32 +25,30 @@ class JobsTable(SyncedTable):
                ("next", "next", 16)]
 
 
-def target_status(b: dict) -> tuple[str, str]:
-    """(text, class) of one target: failing, in progress, overdue against its schedule, ok."""
-    age = b.get("age_s")
-    interval = b.get("interval_s")
-    if b.get("in_progress"):
-        return "running", "backup--running"
-    if b.get("configured") is False:
-        return "no longer configured", "backup--overdue"
-    if b.get("last_ok") is False:
-        return "last run failed", "backup--failed"
-    if age is None:
-        return "never succeeded", "backup--failed"
-    if b["overdue"]:   # against its own schedule (pipeline.stages.backup.status.backup_status)
-        return f"OVERDUE (every {fmt.duration(interval)})", "backup--overdue"
-    return (f"ok (every {fmt.duration(interval)})" if interval else "ok"), "backup--ok"
+def target_status(flags: list[str]) -> tuple[str, str]:
+    """(text, class) of a target's flags (OVERDUE, running, LAST FAILED, no longer
+    configured: the CLI's words), or ok when it has none."""
+    if "LAST FAILED" in flags:
+        cls = "backup--failed"
+    elif "OVERDUE" in flags or "no longer configured" in flags:
+        cls = "backup--overdue"
+    elif "running" in flags:
+        cls = "backup--running"
+    else:
+        cls = "backup--ok"
+    return (" ".join(flags) or "ok"), cls
 
 
 def target_rows(backups: list[dict]) -> list[tuple[str, dict]]:
+    from pipeline.stages.backup.status import target_words  # the CLI's words, one place
+
     rows = []
     for b in backups:
-        age = b.get("age_s")
+        words = target_words(b)
         rows.append((f"{b['target']}/{b['kind']}", {
-            "target": b["target"], "kind": b["kind"],
-            "last_ok": f"{fmt.duration(age)} ago" if age is not None else "never",
-            "status": target_status(b), "size": fmt.size(b.get("size_bytes")),
-            "verified": "yes" if b.get("verified") else "no",
+            "target": b["target"], "kind": b["kind"], "last_ok": words["last_ok"],
+            "size": words["size"], "verified": words["verified"],
+            "status": target_status(words["flags"]),
         }))
     return rows
 

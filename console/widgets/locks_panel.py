@@ -1,5 +1,5 @@
-"""DB locks panel: every process holding the DB (writer, readers, open), refreshed live,
-the writer highlighted."""
+"""DB locks panel: every process holding the DB (writer, readers, open) with the stage and
+host it is, refreshed live, the writer highlighted."""
 from __future__ import annotations
 
 from textual.app import ComposeResult
@@ -12,9 +12,17 @@ from console.widgets.synced_table import SyncedTable
 
 
 class LocksTable(SyncedTable):
+    FILTERABLE = True
     COMPONENT_CLASSES = {"locks--writer", "locks--reader", "locks--open"}
-    COLUMNS = [("mode", "mode", 6), ("pid", "pid", 6), ("name", "name", 10), ("held", "held", 5),
-               ("cmdline", "command", 90)]
+    COLUMNS = [("mode", "mode", 6), ("pid", "pid", 7), ("stage", "stage", 11),
+               ("host", "host", 6), ("held", "held", 5), ("cmdline", "command", 60)]
+
+
+def command_text(h: dict) -> str:
+    """The holder's command as named by pipeline/status/lock_owners.py, without the program's
+    own name (`run download` for `imageselector run download`: the rest fits the panel)."""
+    command = h.get("command") or h.get("cmdline") or ""
+    return command.removeprefix("imageselector ")
 
 
 def lock_rows(holders: list[dict], now: float) -> list[tuple[str, dict]]:
@@ -25,9 +33,12 @@ def lock_rows(holders: list[dict], now: float) -> list[tuple[str, dict]]:
         rows.append((f"{h['pid']}:{h['mode']}", {
             "mode": (h["mode"].upper() if h["mode"] == "writer" else h["mode"], cls),
             "pid": (str(h["pid"]), cls),
-            "name": (h.get("name") or "", cls),
+            # named by console/adapters.name_lock_holders; a raw holder shows its process name
+            "stage": (h.get("stage") or h.get("name") or "", cls),
+            "host": (h.get("host") or "", cls),
+            # the same figure as `imageselector locks` (both from run/locks_seen.json)
             "held": (fmt.duration(now - since) if since else "-", cls),
-            "cmdline": (fmt.shorten(h.get("cmdline") or "", 100), cls),
+            "cmdline": (command_text(h), cls),
         }))
     return rows
 

@@ -43,12 +43,6 @@ class SearchPane(Vertical):
         self.show_message(f"searching for {query!r}...")
         self.post_message(self.Requested(query))
 
-    def key_escape(self) -> None:
-        """Escape leaves the query box, so the console's keys (1, 2, ?, q...) work again;
-        the query stays as typed. Tab or a click goes back into the box."""
-        if self.app.focused is self.query_one("#search-input", Input):
-            self.app.set_focus(None)
-
     def show_message(self, message: str | None) -> None:
         set_message(self.query_one("#search-message", Static), message)
 

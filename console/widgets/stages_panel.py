@@ -5,6 +5,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
+from console.actions import LIVE
 from pipeline.core import fmt
 from console.widgets.synced_table import SyncedTable
 from console.widgets.text_updates import set_message
@@ -18,10 +19,28 @@ STATE_CLASSES = {
 
 
 class StagesTable(SyncedTable):
+    FILTERABLE = True
     COMPONENT_CLASSES = {*STATE_CLASSES.values(), "exit--failed"}
     COLUMNS = [("host", "host", 7), ("stage", "stage", 11), ("state", "state", 20),
                ("pid", "pid", 6), ("uptime", "uptime", 6), ("heartbeat", "heartbeat", 9),
-               ("rate", "rate", 7), ("current", "current", 36), ("last_exit", "last exit", 12)]
+               ("rate", "rate", 10), ("cpu", "cpu", 5), ("mem", "mem", 8),
+               ("current", "current", 36), ("last_exit", "last exit", 12)]
+
+
+def shown_rate(row: dict) -> float | None:
+    """A stage's rate only while it runs: a paused, blocked or stopped stage moves nothing,
+    whatever its last minute's average says."""
+    return row.get("rate") if row.get("state") == "running" and row.get("rate") else None
+
+
+def usage_cells(row: dict) -> tuple[str, str]:
+    """CPU % (100 = one core) and resident memory of a live stage's process."""
+    if row.get("state") not in LIVE:
+        return "", ""
+    cpu = row.get("cpu_pct")
+    return ("" if cpu is None else f"{cpu:.0f}%"), ("" if row.get("rss_bytes") is None
+                                                     else fmt.size(row["rss_bytes"]))
+
 
 
 def row_key(row: dict) -> str:
@@ -79,7 +98,9 @@ def table_row(row: dict, stop_requested: bool) -> dict:
         "uptime": fmt.duration(row.get("uptime_s")) if row.get("uptime_s") is not None else "",
         "heartbeat": fmt.duration(row.get("heartbeat_age_s"))
         if row.get("heartbeat_age_s") is not None else "",
-        "rate": fmt.rate(row.get("rate")) if row.get("rate") else "",
+        "rate": fmt.per_minute(shown_rate(row)) if shown_rate(row) else "",
+        "cpu": usage_cells(row)[0],
+        "mem": usage_cells(row)[1],
         "current": fmt.shorten(current, 70 if row.get("message") else 40),
         "last_exit": last_exit_text(row),
     }

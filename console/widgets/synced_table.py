@@ -6,6 +6,8 @@ from rich.text import Text
 from textual.widgets import DataTable
 from textual.widgets.data_table import ColumnKey, RowKey
 
+from console.table_view import TableView
+
 Cell = tuple[str, str | None]  # text, component class (styled in console.tcss) or None
 
 
@@ -13,6 +15,7 @@ class SyncedTable(DataTable):
     # (key, label, width): a fixed width means an updated cell never changes the layout
     # (no layout pass, only that table repaints); longer text ends in an ellipsis.
     COLUMNS: list[tuple[str, str, int]] = []
+    FILTERABLE = False   # True: `/` filters and `o` sorts it (console/table_keys.py)
 
     def __init__(self, **kwargs):
         kwargs.setdefault("cursor_type", "row")
@@ -20,6 +23,17 @@ class SyncedTable(DataTable):
         super().__init__(**kwargs)
         self._cells: dict[tuple[str, str], Cell] = {}
         self._order: list[str] = []
+        self.view = TableView()
+        self._given: list[tuple[str, dict]] = []   # the rows before the view
+
+    def view_columns(self) -> dict[str, str]:
+        return {key: label for key, label, _ in self.COLUMNS}
+
+    def apply_view(self) -> None:
+        """Show the rows again through the view (filter, sort); the panel's border says it."""
+        self._sync_shown(self.view.apply(self._given, list(self.view_columns())))
+        if self.parent is not None:
+            self.parent.border_subtitle = self.view.describe(self.view_columns())
 
     def on_mount(self) -> None:
         for key, label, width in self.COLUMNS:
@@ -35,7 +49,14 @@ class SyncedTable(DataTable):
         return value if isinstance(value, tuple) else (str(value), None)
 
     def sync(self, rows: list[tuple[str, dict]]) -> None:
-        """rows: (row key, {column key: text or (text, class)}) in display order."""
+        """rows: (row key, {column key: text or (text, class)}) in display order; shown
+        through the view (filter and sort) when one is set."""
+        self._given = rows
+        if self.view.filter or self.view.sort_column or self.view.reverse:
+            rows = self.view.apply(rows, list(self.view_columns()))
+        self._sync_shown(rows)
+
+    def _sync_shown(self, rows: list[tuple[str, dict]]) -> None:
         wanted = [key for key, _ in rows]
         staying = [key for key in self._order if key in set(wanted)]
         new = [key for key in wanted if key not in set(self._order)]

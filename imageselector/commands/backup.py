@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from imageselector.cli import add_root_argument
-from pipeline.core.fmt import date_time, duration, size
+from pipeline.core.fmt import date_time, size
 
 
 
@@ -31,14 +31,13 @@ def cmd_status(args) -> int:
 
 
 def backup_lines(it: dict, indent: str = "") -> list[str]:
-    """One target of backup_status as text (also `imageselector status`)."""
-    flags = [text for key, text in (("overdue", "OVERDUE"), ("in_progress", "running"),
-                                    ("last_error", "LAST FAILED")) if it.get(key)]
-    if it.get("configured") is False:
-        flags.append("no longer configured")
-    age = f"{duration(it['age_s'])} ago" if it["age_s"] is not None else "never"
-    lines = [f"{indent}{it['target']:<14} {it['kind']:<9} last ok {age:>9}  {size(it['size_bytes']):>8}  "
-             f"{'verified' if it['verified'] else 'not verified':<12} {' '.join(flags)}".rstrip()]
+    """One target of backup_status as text (also `imageselector status`; the console's
+    backups panel shows the same words, pipeline.stages.backup.status.target_words)."""
+    from pipeline.stages.backup.status import target_words
+
+    w = target_words(it)
+    lines = [f"{indent}{it['target']:<14} {it['kind']:<9} last ok {w['last_ok']:>9}  {w['size']:>8}  "
+             f"{w['verified']:<12} {' '.join(w['flags'])}".rstrip()]
     if it.get("last_error"):
         lines.append(f"{indent}  error: {it['last_error']}")
     return lines

@@ -9,7 +9,7 @@ from imageselector.cli import add_root_argument
 
 def cmd_doctor(args) -> int:
     from pipeline.core.root import Root
-    from pipeline.doctor.check import FAILURE, OK, exit_code
+    from pipeline.doctor.check import OK, exit_code, summary
     from pipeline.doctor.runner import run_checks
 
     root = Root.open(args.root, create=False)
@@ -21,11 +21,7 @@ def cmd_doctor(args) -> int:
     for c in checks:
         if c.severity != OK or args.verbose:
             print(c.line())
-    failures = sum(c.severity == FAILURE for c in checks)
-    problems = sum(not c.ok for c in checks)
-    print(f"{len(checks)} checks: {len(checks) - problems} ok, {failures} would stop or spoil "
-          f"the run, {problems - failures} warnings" + ("" if args.verbose else
-                                                        " (--verbose lists the ok ones)"))
+    print(summary(checks, args.verbose))
     return code
 
 

@@ -1,4 +1,5 @@
-"""search: ensemble similarity search by text, image file or indexed listing; search eval."""
+"""search: ensemble similarity search (text, image files and URLs, listings, same item
+elsewhere) with filters; search eval; search index."""
 from __future__ import annotations
 
 import json
@@ -23,6 +24,25 @@ def _price(item) -> str:
     return f"{item['price']:.2f} {item.get('currency') or ''}".strip()
 
 
+def build_request(args):
+    """The SearchRequest of the command line (the console builds the same object)."""
+    from pipeline.search.request import Filters, SearchRequest, parse_since
+
+    exclude = frozenset()
+    if args.exclude:
+        try:
+            exclude = frozenset(int(x) for x in args.exclude.split(",") if x.strip())
+        except ValueError:
+            raise UserError(f"--exclude takes listing ids separated by commas, got {args.exclude!r}") from None
+    filters = Filters(min_price=args.min_price, max_price=args.max_price, taxonomy=args.taxonomy,
+                      shop=args.shop, state=args.state, since=parse_since(args.since),
+                      exclude=exclude)
+    return SearchRequest(text=args.text, images=args.image or [], urls=args.url or [],
+                         listing=args.listing, image_id=args.image_id, same_as=args.same_as,
+                         combine=args.combine, filters=filters, k=args.k,
+                         models=_models(args.models))
+
+
 def cmd_search(args) -> int:
     from pipeline.core.root import Root
 
@@ -38,19 +58,60 @@ def cmd_search(args) -> int:
         for row in done:
             print(json.dumps(row, default=str))
         return 0
-    from pipeline.search.query import search
+    from pipeline.search.query import run
     from pipeline.stages.archive.primary import primary_location
 
-    results, warnings = search(root, text=args.text, image=args.image, listing=args.listing,
-                               image_id=args.image_id, k=args.k, models=_models(args.models),
-                               locate=primary_location)
-    for w in warnings:
+    if args.json and args.csv:
+        raise UserError("give --json or --csv, not both")
+    req = build_request(args)
+    got = run(root, req, locate=primary_location)
+    for w in got.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(results, indent=1))
-        return 0
+    if args.csv:
+        _write_csv(got.results, same_as=got.kind == "same_as")
+    elif args.json:
+        if got.kind == "same_as":
+            print(json.dumps({"same_as": req.same_as, "notes": got.notes, "groups": got.groups},
+                             indent=1))
+        else:
+            print(json.dumps(got.results, indent=1))
+    elif got.kind == "same_as":
+        _print_groups(req.same_as, got)
+    else:
+        _print_results(got.results)
+    return 0
+
+
+def _write_csv(results, same_as: bool) -> None:
+    import csv
+
+    from pipeline.search.results import CSV_FIELDS, csv_row
+
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(CSV_FIELDS)
+    for r in results:
+        if same_as:  # per-model scores in the ranks column
+            r = {**r, "ranks": r.get("scores")}
+        out.writerow(csv_row(r))
+
+
+def _print_groups(listing: int, got) -> None:
+    for note in got.notes:
+        print(note)
+    if not got.groups:
+        print(f"no other listing sells the item of listing {listing}")
+        return
+    for g in got.groups:
+        print(f"shop {g['shop_id']} {g.get('shop') or ''}".rstrip())
+        for r in g["listings"]:
+            print(f"  {r['listing_id']:>12}  {_price(r):>12}  {r['score']:.3f}  {r['url']}  "
+                  f"{str(r.get('title') or '-')[:50]}")
+
+
+def _print_results(results) -> None:
     if not results:
         print("no results")
+        return
     print(f"{'#':>3} {'score':>8} {'agree':>5}  {'listing':>12} {'image':>12}  {'price':>12}  "
           f"{'shop':<16} title")
     for i, r in enumerate(results, 1):
@@ -62,8 +123,7 @@ def cmd_search(args) -> int:
         where = prim["path"] or "not on disk"
         if prim["offset"] is not None:
             where += f" @ {prim['offset']} ({prim['size']} bytes)"
-        print(f"{'':>17}primary image: {where}")
-    return 0
+        print(f"{'':>17}primary image: {where}  {r['url']}")
 
 
 def _cmd_eval(root, args) -> int:
@@ -89,7 +149,8 @@ def _cmd_eval(root, args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("search", help="ensemble similarity search (or: search eval)",
-                       description="Search by text, image file or indexed listing. "
+                       description="Search by text, image files or URLs, or a listing; "
+                                   "--same-as finds the same item in other shops. "
                                    "'search eval' measures recall@k of the configured "
                                    "indexes against exact search.")
     add_root_argument(p)
@@ -97,13 +158,33 @@ def register(sub) -> None:
                    help="eval: recall of the indexes; index: build or extend the cross-shard search "
                         "indexes (data/embeddings/search_*/, derived: safe to delete)")
     p.add_argument("--force", action="store_true", help="index: retrain from scratch")
-    what = p.add_mutually_exclusive_group()
-    what.add_argument("--text", help="text (both CLIP text towers)")
-    what.add_argument("--image", help="an image file (background removed, all image models)")
-    what.add_argument("--listing", type=int, help="an indexed listing id (its stored vectors)")
-    p.add_argument("--image-id", type=int, help="with --listing: this image of the listing")
+    q = p.add_argument_group("query (text and images may go together)")
+    q.add_argument("--text", help="text (both CLIP text towers)")
+    q.add_argument("--image", action="append", metavar="FILE",
+                   help="an image file (background removed, all image models); repeatable")
+    q.add_argument("--url", action="append", metavar="URL",
+                   help="an image URL (fetched with the downloader's checks) or an Etsy listing "
+                        "URL; repeatable")
+    q.add_argument("--combine", choices=["mean", "fuse"], default="mean",
+                   help="several images: mean of the normalised vectors per model (default), "
+                        "or one search per image, fused")
+    q.add_argument("--listing", help="a listing id or Etsy listing URL (its stored vectors; "
+                                     "not indexed: its images through the Etsy API)")
+    q.add_argument("--image-id", type=int, help="with --listing: this image of the listing")
+    q.add_argument("--same-as", metavar="LISTING",
+                   help="the other listings selling the same item (near-duplicate images in "
+                        "every model), grouped by shop")
+    f = p.add_argument_group("filters (applied before the top k is cut)")
+    f.add_argument("--min-price", type=float, help="lowest price, in the listing's currency")
+    f.add_argument("--max-price", type=float, help="highest price, in the listing's currency")
+    f.add_argument("--taxonomy", type=int, metavar="ID", help="a taxonomy node and its children")
+    f.add_argument("--shop", type=int, metavar="ID", help="one shop")
+    f.add_argument("--state", default="active", help="listing state (default active; any: all)")
+    f.add_argument("--since", metavar="DATE", help="first seen after this date (YYYY-MM-DD)")
+    f.add_argument("--exclude", metavar="IDS", help="listing ids to leave out (comma-separated)")
     p.add_argument("-k", type=int, default=10, help="results (listings) to return")
     p.add_argument("--models", help="comma-separated index names (default: by query kind)")
     p.add_argument("--json", action="store_true", help="a JSON list, best first")
+    p.add_argument("--csv", action="store_true", help="CSV with a header row, best first")
     p.add_argument("--queries", type=int, default=100, help="eval: number of sample queries")
     p.set_defaults(func=cmd_search)

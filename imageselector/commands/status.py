@@ -34,8 +34,11 @@ def cmd_status(args) -> int:
         line = f"{problem['severity'].upper()}: {problem['text']}"
         print(f"\033[1;31m{line}\033[0m" if sys.stdout.isatty() else line)
     print("queues:")
+    reasons = snap.get("queue_reasons") or {}
     for state, n in snap["queues"].items():
-        print(f"  {state:<11} {'?' if n is None else f'{n:,}':>12}")
+        why = reasons.get(state)
+        why_text = f"  {why['reason']}" + (f" ({why['next']})" if why.get("next") else "") if why else ""
+        print(f"  {state:<11} {'?' if n is None else f'{n:,}':>12}{why_text}")
     print("stages:")
     for st in snap["stages"]:
         last = st.get("last_exit") or {}

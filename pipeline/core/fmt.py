@@ -36,6 +36,20 @@ def rate(per_s) -> str:
     return f"{per_s:.1f}/s"
 
 
+def per_minute(per_s, signed: bool = False) -> str:
+    """Items per minute, always in that unit (a column of rates shows one unit): 2,292/min,
+    82/min, 1.4/min; '+' on growth when ``signed``; '-' for unknown."""
+    if per_s is None:
+        return "-"
+    value = float(per_s) * 60
+    sign = "+" if signed and value > 0 else ""
+    if value == 0:
+        return "0/min"
+    if abs(value) < 10:
+        return f"{sign}{value:.1f}/min"
+    return f"{sign}{value:,.0f}/min"
+
+
 def size(n_bytes) -> str:
     if n_bytes is None:
         return "-"
@@ -52,6 +66,14 @@ def clock_time(ts) -> str:
     if ts is None:
         return "-"
     return time.strftime("%H:%M:%S", time.localtime(float(ts)))
+
+
+def hour_minute(ts) -> str:
+    """Local wall-clock time of a timestamp, HH:MM (a forecast: seconds would be false
+    precision)."""
+    if ts is None:
+        return "-"
+    return time.strftime("%H:%M", time.localtime(float(ts)))
 
 
 def date_time(ts) -> str:

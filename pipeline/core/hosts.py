@@ -9,8 +9,10 @@ from remote.hosts import Host, HostsFile, load_hosts
 IMPLICIT_LOCAL = "local"
 
 
-def worker_hosts(root, implicit_local: bool = True) -> tuple[HostsFile, list[Host]]:
-    """The workers to use; with no hosts.toml (or no worker in it) this machine alone."""
+def worker_hosts(root, implicit_local: bool = True,
+                 include_ray: bool = False) -> tuple[HostsFile, list[Host]]:
+    """The workers to use; with no hosts.toml (or no worker in it) this machine alone.
+    ``include_ray``: with the Ray workers (the orchestrator and status; nothing that uses SSH)."""
     from pipeline.core.errors import UserError
     from remote.errors import HostsConfigError
 
@@ -18,8 +20,8 @@ def worker_hosts(root, implicit_local: bool = True) -> tuple[HostsFile, list[Hos
         hosts = load_hosts(root.hosts_path)
     except HostsConfigError as exc:
         raise UserError(str(exc)) from None
-    workers = list(hosts)
-    if not workers and implicit_local:
+    workers = list(hosts) + (list(hosts.ray.values()) if include_ray else [])
+    if not workers and not hosts.ray and implicit_local:
         workers = [Host(name=IMPLICIT_LOCAL, local=True)]
     return hosts, workers
 

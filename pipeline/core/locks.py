@@ -234,7 +234,8 @@ class LockTracker:
     time, but the scan of every process's descriptors (the holders that merely have the DB
     open; ~20 us per process) and, on macOS, the F_GETLK helper process run at most that
     often; a live display polling every second sets it to a few seconds. ``persist``: write
-    the since-times to ``seen_path`` (the CLI), or only read them from it (the console)."""
+    the since-times to ``seen_path`` when they change (the CLI and the console both do, and
+    both merge what the other wrote), or only read them from it."""
 
     def __init__(self, seen_path: Path | None = None, open_scan_s: float = 0.0, persist: bool = True):
         self.seen_path = seen_path
@@ -244,11 +245,30 @@ class LockTracker:
         self._open_pids: set[int] = set()
         self._probe_modes: dict[int, str] = {}
         self._scanned_at: float | None = None
-        if seen_path is not None:
-            try:
-                self.first_seen = json.loads(Path(seen_path).read_text())
-            except (OSError, ValueError):
-                self.first_seen = {}
+        self._file_sig: tuple | None = None      # (mtime_ns, size) of seen_path when last read
+        self._file_view: dict[str, float] = {}   # what seen_path holds, as last read or written
+        self._merge_seen()
+
+    def _merge_seen(self) -> None:
+        """Take the since-times another process wrote (the CLI, the status, a console): the
+        earliest of both wins, so `imageselector locks` and the console show the same held
+        time for a holder, whichever saw it first. Re-read only when the file changed."""
+        if self.seen_path is None:
+            return
+        try:
+            st = os.stat(self.seen_path)
+            sig = (st.st_mtime_ns, st.st_size)
+            if sig == self._file_sig:
+                return
+            theirs = json.loads(Path(self.seen_path).read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(theirs, dict):
+            return
+        self._file_sig = sig
+        self._file_view = {k: v for k, v in theirs.items() if isinstance(v, (int, float))}
+        for key, since in self._file_view.items():
+            self.first_seen[key] = min(since, self.first_seen.get(key, since))
 
     def _scan_due(self) -> bool:
         now = time.monotonic()
@@ -274,6 +294,7 @@ class LockTracker:
                 self._open_pids = open_holders_from_psutil(db_path, exclude={me})
             modes = dict(self._probe_modes)
             source = "getlk"
+        self._merge_seen()
         open_pids = self._open_pids
         for pid in open_pids:
             modes.setdefault(pid, "open")
@@ -290,11 +311,14 @@ class LockTracker:
             result.append(Holder(pid=pid, mode=mode, name=info["name"], cmdline=info["cmdline"],
                                  since=since, source=source))
         self.first_seen = {k: v for k, v in self.first_seen.items() if k in live_keys}
-        if self.seen_path is not None and self.persist:
-            try:
+        if self.seen_path is not None and self.persist and self.first_seen != self._file_view:
+            try:  # only when it differs: a display polling every second writes rarely
                 from pipeline.core.fsutil import atomic_write_json
 
                 atomic_write_json(self.seen_path, self.first_seen)
+                st = os.stat(self.seen_path)
+                self._file_sig = (st.st_mtime_ns, st.st_size)
+                self._file_view = dict(self.first_seen)
             except OSError:
                 pass
         result.sort(key=lambda h: (_RANK[h.mode], h.pid))

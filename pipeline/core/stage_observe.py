@@ -72,6 +72,8 @@ def status_row(name: str, host: str, hb: dict | None, state: StageState, alive: 
         "uptime_s": round(now - float(hb["started"]), 1) if alive and hb.get("started") else None,
         "heartbeat_age_s": round(now - float(hb["heartbeat"]), 1) if hb.get("heartbeat") else None,
         "rate": hb.get("rate") if alive else None,
+        "cpu_pct": hb.get("cpu_pct") if alive else None,      # as of its last heartbeat
+        "rss_bytes": hb.get("rss_bytes") if alive else None,
         "current": hb.get("current"),
         "counters": hb.get("counters", {}),
         "info": hb.get("info", {}),

@@ -218,6 +218,7 @@ class _Heartbeat:
         self.path = ctx.root.heartbeat_path(ctx.stage.name)
         self.stop = threading.Event()
         self.samples: list[tuple[float, float]] = []
+        self.cpu_sample: tuple[float, float] | None = None   # (wall, process CPU s) last written
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._loop, name=f"heartbeat-{ctx.stage.name}",
                                        daemon=True)
@@ -233,10 +234,26 @@ class _Heartbeat:
             t0, d0 = self.samples[0]
             payload["rate"] = round((done - d0) / (now - t0), 3) if now > t0 else 0.0
             payload["heartbeat"] = now
+            payload.update(self._usage(now))
             if extra:
                 payload.update(extra)
             atomic_write_json(self.path, payload)
             return payload
+
+    def _usage(self, now: float) -> dict:
+        """CPU % of this process since the last heartbeat (100 = one core) and its resident
+        memory: the console shows them for stages on hosts it cannot look into."""
+        import psutil
+
+        cpu = time.process_time()
+        last, self.cpu_sample = self.cpu_sample, (now, cpu)
+        pct = (round(max(0.0, cpu - last[1]) / (now - last[0]) * 100.0, 1)
+               if last is not None and now > last[0] else None)
+        try:
+            rss = psutil.Process().memory_info().rss
+        except (psutil.Error, OSError):
+            rss = None
+        return {"cpu_pct": pct, "rss_bytes": rss}
 
     def _loop(self) -> None:
         while not self.stop.wait(self.interval):

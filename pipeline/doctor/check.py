@@ -46,3 +46,12 @@ def problem(area: str, name: str, text: str, fix: str, severity: str = FAILURE) 
 def exit_code(checks: list[Check]) -> int:
     """0 when nothing would stop or spoil the run, else 1."""
     return 1 if any(c.severity == FAILURE for c in checks) else 0
+
+
+def summary(checks: list[Check], verbose: bool = False) -> str:
+    """The verdict's last line (the CLI and the console's doctor screen)."""
+    failures = sum(c.severity == FAILURE for c in checks)
+    problems = sum(not c.ok for c in checks)
+    return (f"{len(checks)} checks: {len(checks) - problems} ok, {failures} would stop or spoil "
+            f"the run, {problems - failures} warnings"
+            + ("" if verbose else " (--verbose lists the ok ones)"))

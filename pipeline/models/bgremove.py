@@ -69,10 +69,28 @@ def check_model_present(settings: BgSettings) -> None:
             raise UserError(f"background model file {settings.model_path} does not exist")
         return
     fname = f"{settings.model}.onnx"
-    if cls.resolve_existing(fname) is None:
+    if stock_model_file(cls, fname) is None:
         raise UserError(f"weights missing for background model {settings.model}: fetch "
-                        f"{REMBG_RELEASE_URL}/{fname} into {cls.model_dir()} "
+                        f"{REMBG_RELEASE_URL}/{fname} into {stock_model_dir(cls)} "
                         f"(or $U2NET_HOME)")
+
+
+def stock_model_dir(cls) -> str:
+    """Where rembg keeps a stock model: ``model_dir()`` (rembg 2.0.7x on), else the older
+    flat ``$U2NET_HOME`` (``u2net_home()``)."""
+    model_dir = getattr(cls, "model_dir", None)
+    return model_dir() if model_dir else cls.u2net_home()
+
+
+def stock_model_file(cls, fname: str) -> str | None:
+    """The stock model file rembg will open, or None. Newer rembg opens an existing file as
+    it is; older releases check its MD5 on every session and download again when it differs
+    (doctor compares the MD5)."""
+    resolve = getattr(cls, "resolve_existing", None)
+    if resolve is not None:
+        return resolve(fname)
+    path = os.path.join(cls.u2net_home(), fname)
+    return path if os.path.isfile(path) else None
 
 
 _sessions: dict[tuple, object] = {}

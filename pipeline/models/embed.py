@@ -9,7 +9,8 @@ same vector.
 An image that is empty or cannot be decoded is reported with its reason and gets no vectors
 (the original embedded a grey placeholder, which polluted the index).
 
-With ``unload_between_models`` (small GPUs) the order is model-major: every image is
+With ``unload_between_models`` (a device with little memory; "auto" decides by the
+device's memory, see ModelSet.unload_decision) the order is model-major: every image is
 prepared first, then each model is loaded, run over the whole batch and freed.
 """
 from __future__ import annotations
@@ -255,7 +256,7 @@ class Embedder:
             return BatchVectors(list(ok), {name: out[name][ok] for name in VECTOR_ORDER},
                                 list(failed), seconds, time.perf_counter() - start)
 
-        if self.models.settings.unload_between_models:
+        if self.models.unload_between_models:
             self._run_model_major(jobs, texts, store, names, out, failed, ok, text_cache,
                                   size, should_stop, on_progress)
             return rows_done()

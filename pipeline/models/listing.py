@@ -6,7 +6,8 @@ from __future__ import annotations
 
 def model_listing(root) -> dict:
     from pipeline.models.registry import (MODELS, VECTOR_DIMS, VECTOR_ORDER, ModelSettings,
-                                          fetch_instructions, hf_cache_dir, weights_present)
+                                          auto_unload_threshold_bytes, fetch_instructions,
+                                          hf_cache_dir, weights_present)
 
     settings = ModelSettings.from_config(root.config)
     production = settings.profile == "production"
@@ -23,4 +24,7 @@ def model_listing(root) -> dict:
     return {"profile": settings.profile,
             "cache_dir": str(hf_cache_dir(settings)) if production else None,
             "models": rows,
+            # "auto" unloads on a device with less memory than this (torch is not needed here)
+            "unload_between_models": settings.unload_between_models,
+            "auto_unload_below_bytes": auto_unload_threshold_bytes(MODELS),
             "vector_order": [{"name": n, "dim": VECTOR_DIMS[n]} for n in VECTOR_ORDER]}

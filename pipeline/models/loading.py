@@ -15,7 +15,16 @@ from pipeline.models import testprofile
 from pipeline.models.loaded import LoadedModel, hf_preprocess
 from pipeline.models.registry import (MODEL_NAMES, ModelSettings, ModelSpec, cached_weight_files,
                                       fetch_instructions, get_spec, hf_cache_dir, snapshot_revision,
-                                      weights_present)
+                                      unload_decision, weights_present)
+
+
+def import_model_libraries() -> None:
+    """Import torch and the model libraries. A process that loads models and also reads
+    faiss indexes calls this before faiss is imported: the other order has crashed the
+    process on macOS (two OpenMP runtimes)."""
+    import torch  # noqa: F401  (first: the OpenMP runtime faiss then shares)
+    import open_clip  # noqa: F401
+    import transformers  # noqa: F401
 
 
 # ---- device -----------------------------------------------------------------------------
@@ -36,6 +45,21 @@ def choose_device(wanted: str = "auto") -> str:
     return "cpu"
 
 
+def device_memory_bytes(device: str) -> int | None:
+    """The memory the models share: the CUDA device's total memory, else the system's RAM
+    (MPS is unified memory)."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except Exception:  # an exotic platform: "auto" then unloads, the safe side
+        return None
+
+
 class ModelSet:
     """The registry's models for one process: each loaded on first use, once."""
 
@@ -47,6 +71,7 @@ class ModelSet:
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
         self._device: str | None = None
+        self._unload: tuple[bool, str] | None = None
 
     @property
     def device(self) -> str:
@@ -57,6 +82,19 @@ class ModelSet:
 
                 torch.set_num_threads(self.settings.torch_threads)
         return self._device
+
+    def unload_decision(self) -> tuple[bool, str]:
+        """Whether to free each model before the next (``models.unload_between_models``;
+        "auto" follows the device's memory), and why, in one line."""
+        if self._unload is None:
+            choice = self.settings.unload_between_models
+            memory = device_memory_bytes(self.device) if choice == "auto" else None
+            self._unload = unload_decision(choice, memory, self.specs())
+        return self._unload
+
+    @property
+    def unload_between_models(self) -> bool:
+        return self.unload_decision()[0]
 
     def specs(self) -> list[ModelSpec]:
         return [get_spec(n) for n in self.names]
@@ -147,20 +185,7 @@ def _load_pretrained(spec: ModelSpec, settings: ModelSettings, device: str) -> L
     revision = sorted({snapshot_revision(p) for p in files.values()})
     identity = {"source": spec.source, "revision": revision}
     if spec.library == "open_clip":
-        import open_clip
-        from open_clip.transform import PreprocessCfg, image_transform_v2
-
-        weights = files[spec.weight_files[0][0]]
-        # The tag's own mean/std (ViT-L-14 laion2b uses 0.5): a file path alone would lose them.
-        tag_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.source) or {}
-        force = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
-        module = open_clip.create_model(spec.arch, pretrained=weights, device=device,
-                                        force_preprocess_cfg=force, pretrained_text=False,
-                                        require_pretrained=True)
-        preprocess = image_transform_v2(PreprocessCfg(**module.visual.preprocess_cfg),
-                                                  is_train=False)
-        tokenizer = open_clip.get_tokenizer(spec.arch)
-        return LoadedModel(spec, module, preprocess, device, settings.precision, tokenizer, identity)
+        return _load_open_clip(spec, settings, device, files, identity)
     import transformers
 
     cls = getattr(transformers, spec.arch)
@@ -174,3 +199,29 @@ def _load_pretrained(spec: ModelSpec, settings: ModelSettings, device: str) -> L
     module.to(device)
     return LoadedModel(spec, module, hf_preprocess(processor), device, settings.precision,
                        None, identity)
+
+
+def _load_open_clip(spec: ModelSpec, settings: ModelSettings, device: str, files: dict,
+                    identity: dict) -> LoadedModel:
+    """The architecture from the cached repo's open_clip_config.json, the weights from the
+    same snapshot, and the pretrained tag's preprocessing (ViT-L-14 laion2b uses mean/std
+    0.5, which a file path alone would lose)."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from pipeline.models import openclip_config
+
+    arch = openclip_config.register_cached(spec.name, files["open_clip_config.json"])
+    tag_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.source) or {}
+    force = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
+    weights = files[spec.weight_files[1][0]]
+    try:
+        module = open_clip.create_model(arch, pretrained=weights, device=device,
+                                        force_preprocess_cfg=force, pretrained_text=False,
+                                        require_pretrained=True)
+    except RuntimeError as exc:  # weights that do not fit the cached config
+        raise UserError(f"{spec.name}: {weights} does not load into the architecture of "
+                        f"{files['open_clip_config.json']}: {str(exc)[:300]}") from None
+    preprocess = image_transform_v2(PreprocessCfg(**module.visual.preprocess_cfg), is_train=False)
+    tokenizer = open_clip.get_tokenizer(arch)
+    return LoadedModel(spec, module, preprocess, device, settings.precision, tokenizer, identity)

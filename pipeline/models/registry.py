@@ -3,8 +3,9 @@ settings, and where the weights live in the Hugging Face cache.
 
 It imports nothing heavy, so the CLI, the index store and status can use it freely.
 Loading a model (device choice, the pretrained weights, the profiles) is
-pipeline/models/loading.py; torch, open_clip and transformers are imported only there, and
-only when a model is loaded.
+pipeline/models/loading.py (open_clip's architecture from the cached repo's
+open_clip_config.json: pipeline/models/openclip_config.py); torch, open_clip and transformers
+are imported only there, and only when a model is loaded.
 
 Profiles (config ``models.profile`` or ``$IMAGESELECTOR_MODELS_PROFILE``):
 - ``production``: the real pretrained weights, from the local Hugging Face cache only; a
@@ -34,6 +35,14 @@ PROFILES = ("production", "test", "random")
 PROFILE_ENV = "IMAGESELECTOR_MODELS_PROFILE"
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cuda", "mps", "cpu")
+UNLOAD_CHOICES = ("auto", "always", "never")
+_UNLOAD_ALIASES = {"true": "always", "yes": "always", "on": "always", "1": "always",
+                   "false": "never", "no": "never", "off": "never", "0": "never"}
+# "auto" unloads when the device's memory is below this many times the weights of the
+# models the process loads: the weights, the activations of a batch of 32, the allocator's
+# slack and the background model must fit, and on MPS/CPU the memory is the system's,
+# shared with the OS and the rest of the pipeline.
+AUTO_UNLOAD_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -50,33 +59,38 @@ class ModelSpec:
     text: bool            # has a text tower (CLIP)
     gated: bool           # the repo needs an accepted licence and a token
     preprocess: str       # what the model's preprocessing does, for the listing
+    weight_mb: int        # the fp32 weights file (MB): sizes models.unload_between_models = "auto"
 
     @property
     def text_name(self) -> str | None:
         return f"{self.name}_text" if self.text else None
 
 
-_OPEN_CLIP_WEIGHTS = (("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),)
+# What `hf download` puts in the cache for the pretrained tags: open_clip's pretrained config
+# names the repo with a trailing slash (the default file, safetensors preferred), and the
+# repo's open_clip_config.json gives the architecture (production reads it from the cache).
+_OPEN_CLIP_WEIGHTS = (("open_clip_config.json",),
+                      ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"))
 _HF_WEIGHTS = (("config.json",), ("preprocessor_config.json",),
                ("model.safetensors", "pytorch_model.bin"))
 
 MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("clip_vitb32", "open_clip", "ViT-B-32", "laion2b_s34b_b79k",
               "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", _OPEN_CLIP_WEIGHTS, 512, True, False,
-              "open_clip: resize 224 bicubic, centre crop, CLIP mean/std"),
+              "open_clip: resize 224 bicubic, centre crop, CLIP mean/std", 605),
     ModelSpec("clip_vitl14", "open_clip", "ViT-L-14", "laion2b_s32b_b82k",
               "laion/CLIP-ViT-L-14-laion2B-s32B-b82K", _OPEN_CLIP_WEIGHTS, 768, True, False,
-              "open_clip: resize 224 bicubic, centre crop, mean/std 0.5"),
+              "open_clip: resize 224 bicubic, centre crop, mean/std 0.5", 1711),
     ModelSpec("dinov2_base", "transformers", "Dinov2Model", "facebook/dinov2-base",
               "facebook/dinov2-base", _HF_WEIGHTS, 768, False, False,
-              "image processor: resize 256, centre crop 224, ImageNet mean/std"),
+              "image processor: resize 256, centre crop 224, ImageNet mean/std", 346),
     ModelSpec("dinov2_large", "transformers", "Dinov2Model", "facebook/dinov2-large",
               "facebook/dinov2-large", _HF_WEIGHTS, 1024, False, False,
-              "image processor: resize 256, centre crop 224, ImageNet mean/std"),
+              "image processor: resize 256, centre crop 224, ImageNet mean/std", 1218),
     ModelSpec("dinov3_base", "transformers", "DINOv3ViTModel",
               "facebook/dinov3-vitb16-pretrain-lvd1689m",
               "facebook/dinov3-vitb16-pretrain-lvd1689m", _HF_WEIGHTS, 768, False, True,
-              "image processor: resize 224x224, ImageNet mean/std"),
+              "image processor: resize 224x224, ImageNet mean/std", 343),
 )
 MODEL_NAMES: tuple[str, ...] = tuple(m.name for m in MODELS)
 _BY_NAME = {m.name: m for m in MODELS}
@@ -119,7 +133,7 @@ class ModelSettings:
     profile: str
     device: str
     precision: str
-    unload_between_models: bool
+    unload_between_models: str   # "auto" (by the device's memory), "always" or "never"
     hf_cache_dir: str   # "" = the Hugging Face default ($HF_HUB_CACHE, ~/.cache/...)
     hf_token_file: str   # only named in the "fetch" instructions; never read here
     torch_threads: int   # 0 = torch's default
@@ -132,6 +146,7 @@ class ModelSettings:
                             f"got {self.precision!r}")
         if self.device not in DEVICES:
             raise UserError(f"models.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        object.__setattr__(self, "unload_between_models", _unload_choice(self.unload_between_models))
 
     @classmethod
     def from_config(cls, config, root_profile: str | None = None) -> "ModelSettings":
@@ -148,6 +163,39 @@ class ModelSettings:
         values = {"profile": os.environ.get(PROFILE_ENV, "production")}
         values.update(overrides)
         return cls(**values)
+
+
+def _unload_choice(value) -> str:
+    """``models.unload_between_models``: "auto", "always" or "never" (a bool, or true/false
+    from the environment, means always/never)."""
+    if isinstance(value, bool):
+        return "always" if value else "never"
+    text = str(value).strip().lower()
+    text = _UNLOAD_ALIASES.get(text, text)
+    if text not in UNLOAD_CHOICES:
+        raise UserError(f"models.unload_between_models must be one of {', '.join(UNLOAD_CHOICES)}, "
+                        f"got {value!r}")
+    return text
+
+
+def auto_unload_threshold_bytes(specs=MODELS) -> int:
+    """Below this much device memory, ``unload_between_models = "auto"`` loads one model at a
+    time: AUTO_UNLOAD_FACTOR times the weights of ``specs`` (all five: about 8.4 GB)."""
+    return int(AUTO_UNLOAD_FACTOR * sum(s.weight_mb for s in specs) * 1_000_000)
+
+
+def unload_decision(choice: str, memory_bytes: int | None, specs=MODELS) -> tuple[bool, str]:
+    """Whether to free each model before the next, and why (one line, for logs and doctor)."""
+    if choice != "auto":
+        return choice == "always", f"unload_between_models = {choice!r}"
+    threshold = auto_unload_threshold_bytes(specs)
+    if memory_bytes is None:
+        return True, "device memory unknown: one model at a time"
+    small = memory_bytes < threshold
+    return small, (f"device memory {memory_bytes / 1e9:.1f} GB "
+                   f"{'<' if small else '>='} {threshold / 1e9:.1f} GB "
+                   f"({AUTO_UNLOAD_FACTOR:g} x the models' weights): "
+                   f"{'one model at a time' if small else 'all models stay loaded'}")
 
 
 def hf_cache_dir(settings: ModelSettings) -> Path:

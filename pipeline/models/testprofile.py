@@ -13,10 +13,10 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
+from pipeline.models import openclip_config
 from pipeline.models.loaded import LoadedModel, hf_preprocess
 from pipeline.models.registry import ModelSpec
 
@@ -37,6 +37,23 @@ def _tiny_clip_config(embed_dim: int) -> dict:
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2,
                      "layers": 1},
     }
+
+
+def tiny_clip_config(spec: ModelSpec) -> dict:
+    """The test profile's open_clip architecture of ``spec`` (tests write it as a cached
+    repo's open_clip_config.json)."""
+    return _tiny_clip_config(spec.dim)
+
+
+def transformers_config(spec: ModelSpec, profile: str):
+    """The transformers config and image processor of ``spec`` for a random profile."""
+    import transformers
+
+    if spec.arch == "Dinov2Model":
+        return (transformers.Dinov2Config(**_transformers_config(spec, profile)),
+                transformers.BitImageProcessor(**_processor_config(spec, profile)))
+    return (transformers.DINOv3ViTConfig(**_transformers_config(spec, profile)),
+            transformers.DINOv3ViTImageProcessor(**_processor_config(spec, profile)))
 
 
 def _transformers_config(spec: ModelSpec, profile: str) -> dict:
@@ -88,18 +105,6 @@ def _seed(spec: ModelSpec) -> int:
     return zlib.crc32(spec.name.encode())
 
 
-def _register_tiny_clip(name: str, cfg: dict) -> None:
-    """Register a tiny open_clip config through open_clip's public add_model_config."""
-    import open_clip
-
-    if name in open_clip.list_models():
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{name}.json"
-        path.write_text(json.dumps(cfg))
-        open_clip.add_model_config(path)  # read now; the file is not needed afterwards
-
-
 def build(spec: ModelSpec, profile: str, device: str, precision: str) -> LoadedModel:
     """A randomly initialised model of ``spec`` (profile ``test`` or ``random``), seeded."""
     import torch
@@ -121,7 +126,7 @@ def _build_open_clip(spec: ModelSpec, profile: str, device: str, precision: str)
     arch = spec.arch
     if profile == "test":
         arch = TINY_CLIP_PREFIX + spec.arch
-        _register_tiny_clip(arch, _tiny_clip_config(spec.dim))
+        openclip_config.register(arch, _tiny_clip_config(spec.dim))
     # open_clip logs a root-logger warning for random init, which is the point here.
     logging.disable(logging.WARNING)
     try:
@@ -137,12 +142,7 @@ def _build_open_clip(spec: ModelSpec, profile: str, device: str, precision: str)
 def _build_transformers(spec: ModelSpec, profile: str, device: str, precision: str) -> LoadedModel:
     import transformers
 
-    if spec.arch == "Dinov2Model":
-        config = transformers.Dinov2Config(**_transformers_config(spec, profile))
-        processor = transformers.BitImageProcessor(**_processor_config(spec, profile))
-    else:
-        config = transformers.DINOv3ViTConfig(**_transformers_config(spec, profile))
-        processor = transformers.DINOv3ViTImageProcessor(**_processor_config(spec, profile))
+    config, processor = transformers_config(spec, profile)
     module = getattr(transformers, spec.arch)(config)
     module.to(device)
     return LoadedModel(spec, module, hf_preprocess(processor), device, precision)

@@ -29,6 +29,17 @@ def _palette(rng: random.Random) -> tuple:
     return main, accent
 
 
+def _seeded_noise(sigma: float, w: int, h: int):
+    """Grey noise around 128 with spread sigma, the same bytes in every process: PIL's
+    effect_noise draws from an unseeded generator, so two runs of one catalogue differed."""
+    from PIL import Image
+
+    noise_rng = random.Random(f"noise:{sigma!r}:{w}x{h}")
+    raw = Image.frombytes("L", (w, h), noise_rng.randbytes(w * h))
+    gain = sigma / 74.0  # uniform bytes have a standard deviation of about 74
+    return raw.point(lambda v: max(0, min(255, round(128 + (v - 128) * gain)))).convert("RGB")
+
+
 def _background(rng: random.Random, w: int, h: int):
     from PIL import Image, ImageDraw
 
@@ -46,8 +57,7 @@ def _background(rng: random.Random, w: int, h: int):
         ImageDraw.Draw(img).rectangle((0, floor, w, h), fill=c2)
         return img
     if style == "noise":
-        noise = Image.effect_noise((w, h), rng.uniform(20, 60)).convert("RGB")
-        return Image.blend(Image.new("RGB", (w, h), c1), noise, 0.25)
+        return Image.blend(Image.new("RGB", (w, h), c1), _seeded_noise(rng.uniform(20, 60), w, h), 0.25)
     img = Image.new("RGB", (w, h), c1)
     draw = ImageDraw.Draw(img)
     step = max(4, int(w * rng.uniform(0.04, 0.12)))

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import UserError
-from pipeline.search.fusion import ImageHit, best_per_listing, fuse
+from pipeline.search.fusion import ImageHit, best_per_listing, fuse, merge_ranked
 from pipeline.search.settings import SearchSettings
 
 log = logging.getLogger("imageselector.search")
@@ -343,9 +343,11 @@ class SearchEngine:
             self._pool = None
 
     # ---- cross-shard search index: candidates, then exact scores -------------------
-    def _cross_candidates(self, model: str, q: np.ndarray, want: int) -> np.ndarray:
+    def _cross_candidates(self, model: str, q: np.ndarray, want: int, rows_ok=None) -> np.ndarray:
         cross = self.cross[model]
-        _scores, rows = cross.index.search(q, min(want, cross.rows))
+        params = None if rows_ok is None else rows_ok.params(
+            cross.index, 0, cross.rows, self.settings.nprobe, self.settings.ef_search)
+        _scores, rows = cross.index.search(q, min(want, cross.rows), params=params)
         return np.unique(rows[rows >= 0])
 
     def _exact_ranked(self, model: str, q: np.ndarray, rows: np.ndarray,
@@ -360,19 +362,20 @@ class SearchEngine:
 
     # ---- one model ----------------------------------------------------------------
     def model_search(self, model: str, query: np.ndarray, depth: int,
-                     exact: bool = False) -> list[tuple[int, float]]:
-        """(global_row, score) of the best ``depth`` images of one model over every shard."""
+                     exact: bool = False, rows_ok=None) -> list[tuple[int, float]]:
+        """(global_row, score) of the best ``depth`` images of one model over every shard
+        (only the rows ``rows_ok``, a pipeline.search.rowfilter.RowFilter, selects)."""
         from pipeline.index import derived
         from pipeline.index.indextypes import gather
 
         q = np.ascontiguousarray(np.atleast_2d(np.asarray(query, dtype="float32")))
         if not exact and model in self.cross:
             want = max(self.settings.rerank, depth)
-            return self._exact_ranked(model, q, self._cross_candidates(model, q, want), depth)
+            return self._exact_ranked(model, q, self._cross_candidates(model, q, want, rows_ok), depth)
         if q.shape[0] > 1:  # several query vectors (a listing's images): best score per image
             merged: dict[int, float] = {}
             for one in q:
-                for grow, score in self.model_search(model, one, depth, exact):
+                for grow, score in self.model_search(model, one, depth, exact, rows_ok):
                     if score > merged.get(grow, -np.inf):
                         merged[grow] = score
             ranked = sorted(merged.items(), key=lambda x: (-x[1], x[0]))
@@ -388,7 +391,9 @@ class SearchEngine:
                 rows, scores = self._brute_force(ls, model, q[0], depth)
             else:
                 want = max(self.settings.rerank, depth) if not flat and self.settings.rerank > 0 else depth
-                s, r = index.search(q, min(want, ls.rows))
+                params = None if rows_ok is None else rows_ok.params(
+                    index, g0, ls.rows, self.settings.nprobe, self.settings.ef_search)
+                s, r = index.search(q, min(want, ls.rows), params=params)
                 keep = r[0] >= 0
                 rows, scores = r[0][keep], s[0][keep]
                 if not flat and self.settings.rerank > 0:
@@ -449,9 +454,13 @@ class SearchEngine:
             raise UserError(f"k must be between 1 and {self.settings.max_k}, got {k}")
 
     def search_vectors(self, queries: dict[str, np.ndarray], k: int = 10,
-                       exclude_listings=(), exact: bool = False) -> list[ImageHit]:
+                       exclude_listings=(), exact: bool = False, rows_ok=None,
+                       combine: str = "max") -> list[ImageHit]:
         """Listing-level results (best image each), best first, for per-index query vectors.
-        Models refused or absent are skipped (see ``warnings``)."""
+        Models refused or absent are skipped (see ``warnings``). ``rows_ok`` (a
+        pipeline.search.rowfilter.RowFilter) limits the rows searched, before the top k is
+        cut. Several query vectors for a model: ``max`` keeps each image's best score over
+        them; ``fuse`` searches each and fuses the lists (reciprocal ranks)."""
         self.check_k(k)
         self.refresh()
         use = {m: q for m, q in queries.items() if m in self.available}
@@ -461,27 +470,49 @@ class SearchEngine:
                             ("; ".join(self.warnings) or "the index store is empty") + ")")
         depth = max(self.settings.depth, k)
         extra = 0
+        limit = self.total_rows() if rows_ok is None else rows_ok.count
+        if limit == 0:
+            return []
         while True:  # widen when excluded listings or one-per-listing ate the candidates
-            per_model = self._per_model(use, depth + extra, exact)
+            per_model = self.ranked(use, depth + extra, exact, rows_ok, combine)
             ids = self.ids_many([r for ranked in per_model.values() for r, _ in ranked])
             hits = best_per_listing(fuse(per_model, ids.__getitem__, self.settings,
                                          exclude_listings), k)
-            if len(hits) >= k or depth + extra >= self.total_rows():
+            if len(hits) >= k or depth + extra >= limit:
                 return hits
             extra = max(extra * 2, depth)
 
+    def ranked(self, use: dict, depth: int, exact: bool = False, rows_ok=None,
+               combine: str = "max") -> dict:
+        """Each model's ranked (global_row, score) list for its query vector(s)."""
+        from pipeline.search.rowfilter import exact_top
 
-    def _per_model(self, use: dict, depth: int, exact: bool) -> dict:
+        queries = {m: np.ascontiguousarray(np.atleast_2d(np.asarray(q, dtype="float32")))
+                   for m, q in use.items()}
+        if combine == "fuse" and any(q.shape[0] > 1 for q in queries.values()):
+            n = max(q.shape[0] for q in queries.values())
+            lists = [self.ranked({m: q[i] for m, q in queries.items() if i < q.shape[0]},
+                                 depth, exact, rows_ok) for i in range(n)]
+            return {m: merge_ranked([one[m] for one in lists if m in one], self.settings.rrf_k,
+                                    depth) for m in queries}
+        if rows_ok is not None and (exact or rows_ok.count <= self.settings.filter_exact_rows):
+            allowed = rows_ok.rows()
+            return dict(zip(queries, self._map(
+                lambda m: exact_top(self, m, queries[m], allowed, depth), list(queries))))
+        return self._per_model(queries, depth, exact, rows_ok)
+
+
+    def _per_model(self, use: dict, depth: int, exact: bool, rows_ok=None) -> dict:
         """Each model's ranked (global_row, score) list, the models in parallel."""
         queries = {m: np.ascontiguousarray(np.atleast_2d(np.asarray(q, dtype="float32")))
                    for m, q in use.items()}
         cross = [] if exact else [m for m in queries if m in self.cross]
         rest = [m for m in queries if m not in cross]
-        out = dict(zip(rest, self._map(lambda m: self.model_search(m, queries[m], depth, exact),
-                                       rest)))
+        out = dict(zip(rest, self._map(lambda m: self.model_search(m, queries[m], depth, exact,
+                                                                   rows_ok), rest)))
         if cross:
             want = max(self.settings.rerank, depth)
-            cands = self._map(lambda m: self._cross_candidates(m, queries[m], want), cross)
+            cands = self._map(lambda m: self._cross_candidates(m, queries[m], want, rows_ok), cross)
             if self.settings.share_candidates and len(cross) > 1:
                 pool = np.unique(np.concatenate(cands))
                 cands = [pool] * len(cross)

@@ -69,3 +69,18 @@ def best_per_listing(hits: list[ImageHit], k: int) -> list[ImageHit]:
         if len(out) == k:
             break
     return out
+
+
+def merge_ranked(lists: list[list[tuple[int, float]]], rrf_k: int,
+                 depth: int) -> list[tuple[int, float]]:
+    """One model's ranked lists for several query images as one list: ordered by the sum of
+    reciprocal ranks over the lists, each row keeping its best score."""
+    rrf: dict[int, float] = {}
+    best: dict[int, float] = {}
+    for ranked in lists:
+        for rank, (grow, score) in enumerate(ranked, 1):
+            rrf[grow] = rrf.get(grow, 0.0) + 1.0 / (rrf_k + rank)
+            if score > best.get(grow, float("-inf")):
+                best[grow] = score
+    order = sorted(rrf, key=lambda g: (-rrf[g], -best[g], g))[:depth]
+    return [(g, best[g]) for g in order]

@@ -49,14 +49,14 @@ def primary_image(root, conn, listing_id: int, image_id: int | None = None,
 
 
 def listing_info(conn, listing_id: int) -> dict:
-    info = {"title": None, "price": None, "currency": None, "shop": None}
+    info = {"title": None, "price": None, "currency": None, "shop_id": None, "shop": None}
     if conn is None:
         return info
-    row = conn.execute("SELECT s.title, h.shop_name FROM listings_static s LEFT JOIN "
+    row = conn.execute("SELECT s.title, s.shop_id, h.shop_name FROM listings_static s LEFT JOIN "
                        "shops_static h ON h.shop_id = s.shop_id WHERE s.listing_id = ?",
                        (int(listing_id),)).fetchone()
     if row:
-        info["title"], info["shop"] = row
+        info["title"], info["shop_id"], info["shop"] = row
     row = conn.execute("SELECT price_amount, price_divisor, price_currency FROM listings_dynamic "
                        "WHERE listing_id = ? ORDER BY snapshot_timestamp DESC LIMIT 1",
                        (int(listing_id),)).fetchone()
@@ -66,13 +66,40 @@ def listing_info(conn, listing_id: int) -> dict:
     return info
 
 
+def describe_one(root, conn, listing_id: int, image_id: int, score: float,
+                 locate: ImageLocator | None = None) -> dict:
+    """A result's listing data: listing_id, url (on Etsy), image_id, score, title, price,
+    currency, shop_id, shop, primary_image."""
+    from pipeline.search.request import listing_url
+
+    item = {"listing_id": int(listing_id), "url": listing_url(listing_id),
+            "image_id": int(image_id), "score": round(float(score), 6)}
+    item.update(listing_info(conn, listing_id))
+    item["primary_image"] = primary_image(root, conn, listing_id, image_id, locate)
+    return item
+
+
 def describe(hits: list[ImageHit], root, conn, locate: ImageLocator | None = None) -> list[dict]:
+    """Each hit as a dict (describe_one) with ``agree``, ``ranks`` ({model: rank}) and
+    ``models`` ({model: {rank, score}})."""
     out = []
     for h in hits:
-        item = {"listing_id": h.listing_id, "image_id": h.image_id,
-                "score": round(h.fused, 6), "agree": h.agree}
-        item.update(listing_info(conn, h.listing_id))
-        item["primary_image"] = primary_image(root, conn, h.listing_id, h.image_id, locate)
+        item = describe_one(root, conn, h.listing_id, h.image_id, h.fused, locate)
+        item["agree"] = h.agree
+        item["ranks"] = {m: r for m, (r, _s) in h.models.items()}
         item["models"] = {m: {"rank": r, "score": round(s, 6)} for m, (r, s) in h.models.items()}
         out.append(item)
     return out
+
+
+CSV_FIELDS = ("listing_id", "url", "title", "price", "currency", "shop_id", "score", "ranks",
+              "primary_path", "primary_offset", "primary_size")
+
+
+def csv_row(item: dict) -> list:
+    """One result as a CSV row of CSV_FIELDS (ranks as model:rank;model:rank)."""
+    prim = item.get("primary_image") or {}
+    ranks = ";".join(f"{m}:{r}" for m, r in (item.get("ranks") or {}).items())
+    return [item.get("listing_id"), item.get("url"), item.get("title"), item.get("price"),
+            item.get("currency"), item.get("shop_id"), item.get("score"), ranks,
+            prim.get("path"), prim.get("offset"), prim.get("size")]

@@ -1,4 +1,4 @@
-"""Search settings: the ``[search]`` config section as a dataclass (issue 7)."""
+"""Search settings: the ``[search]`` config section as a dataclass (issues 7 and 19)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,6 +28,10 @@ class SearchSettings:
     index_train_rows: int
     index_max_lag: int
     share_candidates: bool
+    filter_exact_rows: int
+    same_item_min_score: float
+    same_item_scores: dict
+    same_item_depth: int
 
     @classmethod
     def from_config(cls, config) -> "SearchSettings":

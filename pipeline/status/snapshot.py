@@ -14,6 +14,7 @@ from pipeline.core.stage import PIPELINE_ORDER, STAGES
 from pipeline.core.stage_observe import stage_status
 from pipeline.core import housekeeping, schedule
 from pipeline.status.registry import providers, status_provider
+from pipeline.status import queue_reasons  # noqa: F401  (registers its section)
 
 # The core's own sections (stages add theirs from their status modules, see registry.py).
 @status_provider("disk", order=80)

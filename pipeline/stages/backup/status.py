@@ -82,6 +82,22 @@ def backup_status(root, conn, now: float | None = None, configured: bool = True)
     return out
 
 
+def target_words(it: dict) -> dict:
+    """The words every view puts on one target of backup_status (`backup status`, `status`,
+    the console): last ok ("40m ago", "never"), size, verified ("verified", "not verified")
+    and the flags (OVERDUE, running, LAST FAILED, no longer configured; none when all is well)."""
+    from pipeline.core.fmt import duration, size
+
+    flags = [text for key, text in (("overdue", "OVERDUE"), ("in_progress", "running"),
+                                    ("last_error", "LAST FAILED")) if it.get(key)]
+    if it.get("configured") is False:
+        flags.append("no longer configured")
+    return {"last_ok": f"{duration(it['age_s'])} ago" if it.get("age_s") is not None else "never",
+            "size": size(it.get("size_bytes")),
+            "verified": "verified" if it.get("verified") else "not verified",
+            "flags": flags}
+
+
 def status_view(root, conn, now: float, errors: list[str]) -> list[dict]:
     """The status snapshot's and the console's ``backups``: backup_status; when the backup
     config does not parse, the targets the DB remembers, with the error in ``errors``."""

@@ -5,16 +5,14 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pipeline.core import httpfetch
 from pipeline.core.imagecheck import ImageRejected, verify_image
 from pipeline.stages.download.files import final_name, temp_name
-from pipeline.stages.download.jobs import DONE, FAIL, GONE, LOCAL_ERROR, RELEASED, RETRY, Job, Result, short_error
+from pipeline.stages.download.jobs import DONE, FAIL, GONE, LOCAL_ERROR, RELEASED, RETRY, Job, Result
 from pipeline.stages.download.settings import Settings
-
-_CHUNK = 128 * 1024
 
 
 class _Outcome(Exception):
@@ -26,31 +24,19 @@ class _Outcome(Exception):
 
 def make_session(settings: Settings):
     """One pooled session: keep-alive connections, a pool as big as the worker count."""
-    import requests
-    from requests.adapters import HTTPAdapter
+    return httpfetch.make_session(settings.max_redirects, settings.user_agent,
+                                  settings.workers, settings.use_env_proxies)
 
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=16, pool_maxsize=max(settings.workers, 1),
-                          max_retries=0, pool_block=False)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.max_redirects = settings.max_redirects
-    session.trust_env = settings.use_env_proxies
-    # Images are already compressed; identity keeps the length check exact.
-    session.headers.update({"User-Agent": settings.user_agent, "Accept-Encoding": "identity",
-                            "Accept": "image/*,*/*;q=0.5"})
-    return session
+
+# pipeline/core/httpfetch.py's failure kinds -> this stage's result kinds
+_KINDS = {httpfetch.GONE: GONE, httpfetch.RETRY: RETRY, httpfetch.FAIL: FAIL,
+          httpfetch.RELEASED: RELEASED}
 
 
 class Fetcher:
     """Download, verify and place one image. Thread-safe; used by every worker."""
 
     def __init__(self, download_dir: Path, settings: Settings, abort: threading.Event):
-        import requests
-        import urllib3
-
-        self.requests = requests
-        self.urllib3 = urllib3
         self.dir = Path(download_dir)
         self.settings = settings
         self.abort = abort
@@ -108,72 +94,10 @@ class Fetcher:
             return self._get(url)
 
     def _get(self, url: str) -> tuple[bytes, str | None]:
-        s = self.settings
-        requests, urllib3 = self.requests, self.urllib3
-        deadline = time.monotonic() + s.total_timeout_s
         try:
-            response = self.session.get(url, stream=True,
-                                        timeout=(s.connect_timeout_s, s.read_timeout_s))
-        except requests.TooManyRedirects:
-            raise _Outcome(FAIL, f"redirect loop (more than {s.max_redirects} redirects)") from None
-        except requests.Timeout:
-            raise _Outcome(RETRY, "timeout") from None
-        except requests.ConnectionError as exc:
-            raise _Outcome(RETRY, f"connection error: {short_error(exc)}") from None
-        except (requests.RequestException, ValueError) as exc:  # bad URL, bad scheme
-            raise _Outcome(FAIL, f"bad URL {url!r}: {short_error(exc)}") from None
-        declared = None
-        try:
-            code = response.status_code
-            if code in (404, 410):
-                raise _Outcome(GONE, f"HTTP {code}")
-            if code in (408, 429) or code >= 500:
-                raise _Outcome(RETRY, f"HTTP {code}")
-            if code != 200:
-                raise _Outcome(FAIL, f"HTTP {code}")
-            headers = response.headers
-            content_type = headers.get("Content-Type")
-            declared = _int_or_none(headers.get("Content-Length"))
-            encoded = headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
-            if declared is not None and declared > s.max_bytes:
-                raise _Outcome(FAIL, f"too large: {declared:,} bytes (limit {s.max_bytes:,})")
-            chunks: list[bytes] = []
-            size = 0
-            raw = response.raw
-            # The declared length in one read (one allocation), then read on to the end.
-            amount = declared if declared and not encoded else _CHUNK
-            while True:
-                chunk = raw.read(amount, decode_content=True)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-                amount = _CHUNK
-                if size > s.max_bytes:
-                    raise _Outcome(FAIL, f"too large: over {s.max_bytes:,} bytes")
-                if self.abort.is_set():
-                    raise _Outcome(RELEASED, "stopping")
-                if time.monotonic() > deadline:
-                    raise _Outcome(RETRY, f"timeout: body not complete after {s.total_timeout_s:g} s")
-            if declared is not None and not encoded and size != declared:
-                raise _Outcome(RETRY, f"length mismatch: got {size:,} of {declared:,} bytes")
-            return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), content_type
-        except _Outcome:
-            raise
-        except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
-            raise _Outcome(RETRY, "timeout: stalled mid-body") from None
-        except urllib3.exceptions.ProtocolError as exc:
-            # urllib3 enforces Content-Length: a short body is an IncompleteRead here.
-            text = str(exc)
-            if "IncompleteRead" in text or "incomplete" in text.lower():
-                raise _Outcome(RETRY, f"length mismatch: body ended before its Content-Length "
-                                      f"of {declared:,} bytes" if declared is not None else
-                               f"length mismatch: {short_error(exc)}") from None
-            raise _Outcome(RETRY, f"connection error: {short_error(exc)}") from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise _Outcome(RETRY, f"connection error: {short_error(exc)}") from None
-        finally:
-            response.close()
+            return httpfetch.get_body(self.session, url, self.settings, self.abort.is_set)
+        except httpfetch.FetchFailed as exc:
+            raise _Outcome(_KINDS[exc.kind], exc.reason) from None
 
     # -- verification and the file --------------------------------------------------
     def _place(self, job: Job, data: bytes, content_type: str | None, final: Path) -> Result:
@@ -224,11 +148,3 @@ def _unlink(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _int_or_none(text: str | None) -> int | None:
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None
-

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.core.httpfetch import short_error  # noqa: F401  (the stage's name for it)
+
 # Result kinds
 DONE = "done"          # downloaded (or adopted), verified, renamed into place
 FAIL = "failed"        # permanent failure: the reason is stored
@@ -35,8 +37,3 @@ class Result:
     height: int = 0
     sha256: str = ""
     adopted: bool = False
-
-
-def short_error(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."

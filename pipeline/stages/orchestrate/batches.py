@@ -128,8 +128,9 @@ class BatchesMixin:
                 if not self._eligible(w, now):
                     continue
                 flights = [f for f in self._flights_of(w.name) if not f.reclaim]
+                # a Ray worker runs one batch per actor at a time: the target is per actor
                 target = scheduler.target_in_flight(w.throughput, s.batch_size, s.poll_s,
-                                                    s.min_in_flight, s.max_in_flight)
+                                                    s.min_in_flight, s.max_in_flight) * w.link.parallel
                 if len(flights) < target:
                     candidates.append((w.name, sum(f.row.n_images for f in flights), w.throughput))
             name = scheduler.choose(candidates, s.batch_size, s.default_rate)

@@ -73,12 +73,20 @@ class Orchestrator(WorkersMixin, BatchesMixin, ResultsMixin):
             from pipeline.index import open_store
 
             self.store = open_store(self.root, self.conn)   # recovers a killed import
-        hosts, workers = worker_hosts(self.root, s.implicit_local_worker)
+        hosts, workers = worker_hosts(self.root, s.implicit_local_worker, include_ray=True)
+        if sum(1 for h in workers if h.ray) > 1:
+            from pipeline.core.errors import UserError
+
+            raise UserError(f"{hosts.path}: one Ray worker at most (a process joins one Ray "
+                            f"cluster); give it more actors instead")
         for host in workers:
-            transport = make_transport(self.root, hosts, host)
-            mode = "direct" if host.local and s.local_direct else "tar"
-            link = WorkerLink(host.name, transport, mode, self.spool, self.root.download_dir,
-                              self.events, s.poll_s, s.error_retry_s, self.log, token)
+            if host.ray:
+                link = self._ray_link(host, token)
+            else:
+                transport = make_transport(self.root, hosts, host)
+                mode = "direct" if host.local and s.local_direct else "tar"
+                link = WorkerLink(host.name, transport, mode, self.spool, self.root.download_dir,
+                                  self.events, s.poll_s, s.error_retry_s, self.log, token)
             self.workers[host.name] = Worker(host.name, host, link)
         for name in (read_json_or_none(self.spool / STARTED_FILE) or []):
             if name in self.workers:
@@ -89,6 +97,16 @@ class Orchestrator(WorkersMixin, BatchesMixin, ResultsMixin):
         self.log.info("orchestrating %d worker(s): %s; batch size %d%s", len(self.workers),
                       ", ".join(w.host.describe() for w in self.workers.values()), s.batch_size,
                       " (once)" if self.once else "")
+
+    def _ray_link(self, host, token: str):
+        """A Ray worker: the actors get the models' configuration from this root."""
+        from pipeline.models.batch_run import embedder_overrides
+        from pipeline.stages.orchestrate.ray_link import RayLink
+
+        s = self.settings
+        return RayLink(host.name, host, self.spool, self.root.download_dir, self.events,
+                       s.poll_s, s.error_retry_s, self.log, token,
+                       embedder_overrides(self.root.config), self.root.profile, s.lease_s)
 
     def _tidy_spool(self) -> None:
         """Tars of shipments and downloads a killed run left half-made."""
@@ -289,6 +307,7 @@ class Orchestrator(WorkersMixin, BatchesMixin, ResultsMixin):
         else:
             state = "running" if w.alive else "stopped"
         return {"name": w.name, "host": w.host.describe(), "local": bool(w.host.local),
+                "kind": w.host.kind, "ray": w.link.view() if w.host.ray else None,
                 "mode": w.link.mode, "state": state, "link": w.link.state, "pid": w.pid,
                 "busy": w.in_hand is not None, "in_hand": w.in_hand, "starting": w.starting,
                 "stopping": bool(w.kill_file and w.alive),

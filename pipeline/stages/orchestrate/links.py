@@ -144,6 +144,11 @@ class WorkerLink:
         self._wake.set()
 
     @property
+    def parallel(self) -> int:
+        """Batches the worker runs at once (a Ray worker: one per actor)."""
+        return 1
+
+    @property
     def usable(self) -> bool:
         return self.state == OK
 
@@ -356,16 +361,8 @@ class WorkerLink:
         out_dir.mkdir(parents=True, exist_ok=True)
         tar_path = out_dir / f"{order.name}.tar"
         tmp = out_dir / f".{order.name}.tar.tmp"
-        manifest = json.dumps(batchfile.manifest_dict(order.name, order.rows), indent=1,
-                              ensure_ascii=False).encode("utf-8")
-        with tarfile.open(tmp, "w:", format=tarfile.PAX_FORMAT) as tar:
-            info = tarfile.TarInfo(f"{order.name}/{batchfile.MANIFEST}")
-            info.size, info.mtime, info.mode = len(manifest), int(time.time()), 0o644
-            tar.addfile(info, io.BytesIO(manifest))
-            for row in order.rows:
-                tar.add(str(self._source(row)),
-                        arcname=f"{order.name}/{batchfile.IMAGES}/{row.image_name}",
-                        recursive=False)
+        with open(tmp, "wb") as f:
+            write_batch_tar(f, order, self._source)
         os.replace(tmp, tar_path)
         try:
             remote_tar = self.transport.join(LAYOUT["incoming"], f"{order.name}.tar")
@@ -395,15 +392,7 @@ class WorkerLink:
         local_tar = in_dir / f"{name}.tar"
         try:
             self.transport.get_file(packed["file"], local_tar, expected_sha256=packed["sha256"])
-            staging = in_dir / f".{name}.tmp"
-            if staging.exists():
-                shutil.rmtree(staging)
-            staging.mkdir()
-            _extract_result(local_tar, name, staging)
-            fsync_dir(staging)
-            os.replace(staging / name, final)
-            shutil.rmtree(staging, ignore_errors=True)
-            fsync_dir(in_dir)
+            install_result(local_tar, name, in_dir)
         finally:
             local_tar.unlink(missing_ok=True)
         return final
@@ -438,6 +427,35 @@ class WorkerLink:
         out = self.hostop("clear_kill", marker=KILL_MARKER + " ")
         self._emit("kill_cleared", removed=bool(out.get("removed")))
         self.poll_soon()
+
+
+def write_batch_tar(fileobj, order: ShipOrder, source) -> None:
+    """The batch as one tar (manifest, then images/): what a worker's ``unpack`` accepts.
+    ``source(row)``: the downloaded file of a row."""
+    manifest = json.dumps(batchfile.manifest_dict(order.name, order.rows), indent=1,
+                          ensure_ascii=False).encode("utf-8")
+    with tarfile.open(fileobj=fileobj, mode="w:", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(f"{order.name}/{batchfile.MANIFEST}")
+        info.size, info.mtime, info.mode = len(manifest), int(time.time()), 0o644
+        tar.addfile(info, io.BytesIO(manifest))
+        for row in order.rows:
+            tar.add(str(source(row)), arcname=f"{order.name}/{batchfile.IMAGES}/{row.image_name}",
+                    recursive=False)
+
+
+def install_result(tar_path: Path, name: str, in_dir: Path) -> Path:
+    """A result tar -> ``in_dir/name`` (checked member by member, renamed into place whole)."""
+    final = in_dir / name
+    staging = in_dir / f".{name}.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    _extract_result(tar_path, name, staging)
+    fsync_dir(staging)
+    os.replace(staging / name, final)
+    shutil.rmtree(staging, ignore_errors=True)
+    fsync_dir(in_dir)
+    return final
 
 
 def _extract_result(tar_path: Path, name: str, dest: Path) -> None:

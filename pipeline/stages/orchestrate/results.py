@@ -79,7 +79,8 @@ class ResultsMixin:
             self.ledger.mark_imported_if_done(batch_id)
         took = time.perf_counter() - t0
         if w is not None:
-            w.throughput.add_rate(intake.result_rate(result))
+            rate = intake.result_rate(result)      # one batch's rate: per actor on Ray
+            w.throughput.add_rate(rate * w.link.parallel if rate else rate)
             w.imported_batches += 1
             w.imported_images += res.imported
         self.totals["batches"] += 1

@@ -85,7 +85,8 @@ def workers_status(root, timeout_s: float | None = None, now: float | None = Non
     views = {}
     if is_live(orch):
         views = {v.get("name"): v for v in (orch.get("info") or {}).get("workers", []) or []}
-    hosts, workers = worker_hosts(root, bool(cfg.get("orchestrate.implicit_local_worker")))
+    hosts, workers = worker_hosts(root, bool(cfg.get("orchestrate.implicit_local_worker")),
+                                  include_ray=True)
     looks: dict[str, dict] = {}
 
     def look_at(h):
@@ -94,9 +95,11 @@ def workers_status(root, timeout_s: float | None = None, now: float | None = Non
         except Exception as exc:
             looks[h.name] = {"stage_state": None, "error": f"{h.name}: {exc}", "kind": "error"}
 
-    if not look:
+    if not look or any(h.ray for h in workers):
+        # a Ray worker is never joined from a status (heavy, and a second driver): it is
+        # what the running orchestrator last saw, like an SSH host with look=False
         for h in workers:
-            if h.local:
+            if h.local or (look and not h.ray):
                 continue                      # a file read: always looked at
             seen = views.get(h.name)
             if seen is None:
@@ -106,9 +109,7 @@ def workers_status(root, timeout_s: float | None = None, now: float | None = Non
                 looks[h.name] = {"stage_state": "running" if seen.get("state") == "running" else "stopped",
                                  "pid": seen.get("pid"), "info": {"batch": seen.get("in_hand")},
                                  "error": None}
-        workers_to_look = [h for h in workers if h.local]
-    else:
-        workers_to_look = workers
+    workers_to_look = [h for h in workers if h.local or (look and not h.ray)]
     threads = [threading.Thread(target=look_at, args=(h,), daemon=True) for h in workers_to_look]
     for t in threads:
         t.start()
@@ -133,6 +134,7 @@ def workers_status(root, timeout_s: float | None = None, now: float | None = Non
             state, error = "running", seen.get("last_error")
         out.append({
             "name": h.name, "host": h.describe(), "local": bool(h.local), "state": state,
+            "kind": h.kind, "ray": seen.get("ray"),
             "stage_state": lk.get("stage_state"), "pid": lk.get("pid"),
             "busy": bool((lk.get("info") or {}).get("batch")),
             "batch": (lk.get("info") or {}).get("batch"),
