@@ -21,6 +21,23 @@ if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+@pytest.fixture(autouse=True)
+def _stage_loggers_reset():
+    """A stage run in-process (setup_stage_logging) takes its logger off the root logger and
+    gives it a file handler under that test's tmp root: put it back, so the next test's caplog
+    sees its records and no handler writes into a folder pytest has moved on from."""
+    import logging
+
+    yield
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("imageselector.") and isinstance(logger, logging.Logger):
+            if not logger.propagate:
+                for handler in list(logger.handlers):
+                    logger.removeHandler(handler)
+                    handler.close()
+                logger.propagate = True
+
+
 @pytest.fixture
 def tmp_root(tmp_path):
     """A fresh runtime root (production profile unless a test writes imageselector.toml)."""

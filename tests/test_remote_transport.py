@@ -1,6 +1,7 @@
 """LocalTransport and SSHTransport behave the same: every test runs on both."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import sys
@@ -138,9 +139,8 @@ def test_start_stage_runs_start_with_the_root(transport, tmp_path):
     if isinstance(transport, LocalTransport):
         transport.python = str(fake)
     else:
-        transport.conn.host = transport.host = Host(**{**transport.host.as_dict(),
-                                                        "key_file": transport.host.key_file,
-                                                        "python": str(fake)})
+        transport.conn.host = transport.host = dataclasses.replace(transport.host,
+                                                                   python=str(fake))
         transport.commands = transport.conn.commands = type(transport.commands)(transport.host)
     r = transport.start_stage("worker", ["--once"])
     assert r.stdout.splitlines() == ["-m", "imageselector", "start", "worker", "--root",
