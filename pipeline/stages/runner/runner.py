@@ -126,6 +126,12 @@ class Runner:
         last = status.get("last_exit") or {}
         step.state = "done"
         step.ended_at = time.time()
+        kill = self.root.file(spec(step.stage).kill_file)
+        if step.stop_requested_at is not None and kill.exists():
+            # the stop this runner asked for is over: a kill file left behind would refuse
+            # the stage's next start (e.g. the operator's `run sync --once` after KILL_PIPELINE)
+            self.log.warning("removing %s left after %s ended", kill.name, step.stage)
+            kill.unlink(missing_ok=True)
         if status["state"] == StageState.CRASHED.value:
             step.outcome, step.exit_code = "crashed", None
             step.reason = "died without recording an exit"
