@@ -81,7 +81,7 @@ def test_embedder(root=None):
     """The test-profile Embedder, built once per process (models load once)."""
     global _embedder
     if _embedder is None:
-        from pipeline.stages.worker.entry import build_embedder
+        from pipeline.models.batch_run import build_embedder
 
         root = root or sandbox_root(Path(tempfile.mkdtemp(prefix="imageselector-models-")))
         _embedder = build_embedder(root)

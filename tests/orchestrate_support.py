@@ -377,7 +377,7 @@ def tamper_result(path: Path, kind: str) -> None:
 def process_inbox(worker_root: Path, embedder: StubEmbedder | None = None) -> list[str]:
     """What a worker would do with its inbox now (no heartbeat): the result names."""
     from pipeline.batches.batchfile import list_batches
-    from pipeline.stages.worker.entry import process_batch
+    from pipeline.models.batch_run import process_batch
 
     dirs = WorkerDirs.under(worker_root).ensure()
     done = []

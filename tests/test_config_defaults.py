@@ -13,7 +13,7 @@ from pipeline.models.registry import ModelSettings
 from pipeline.stages.orchestrate.settings import OrchestrateSettings
 from pipeline.search.settings import SearchSettings
 from pipeline.index.searchindex import BuildSettings
-from pipeline.stages.worker.entry import WorkerSettings
+from pipeline.models.batch_run import WorkerSettings
 
 SETTINGS = (ConsoleSettings, BgSettings, DownloadSettings, ModelSettings, OrchestrateSettings,
             SearchSettings, BuildSettings, WorkerSettings)

@@ -49,7 +49,7 @@ import models_support as ms
 from pipeline.batches.batchfile import WorkerDirs
 from pipeline.batches.results import read_result
 from pipeline.core.root import Root
-from pipeline.stages.worker.entry import DONE, build_embedder, process_batch
+from pipeline.models.batch_run import DONE, build_embedder, process_batch
 
 root = Root(sys.argv[1])
 embedder = build_embedder(root)

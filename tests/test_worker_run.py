@@ -14,7 +14,8 @@ import models_support as ms
 from conftest import REPO, cli_env
 from pipeline.batches.batchfile import WorkerDirs, remove_tree
 from pipeline.batches.results import list_results, read_result
-from pipeline.stages.worker.entry import DONE, REJECTED, SKIPPED, STOPPED, process_batch, work
+from pipeline.models.batch_run import DONE, REJECTED, SKIPPED, STOPPED, process_batch
+from pipeline.stages.worker.entry import work
 
 
 @pytest.fixture(scope="module")

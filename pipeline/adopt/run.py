@@ -16,7 +16,6 @@ lines they produced; DB batches with their cursor in the new DB's sync_state.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shutil
 import sqlite3

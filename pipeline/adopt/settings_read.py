@@ -5,7 +5,6 @@ missing, one line saying exactly what. The names read are listed in docs/OPERATI
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -12,6 +12,7 @@ import smtplib
 import socket
 import ssl
 import time
+from contextlib import contextmanager
 from email.message import EmailMessage
 
 from pipeline.core.config import read_secret
@@ -179,15 +180,28 @@ class Alerter:
         msg["From"] = cfg.from_addr
         msg["To"] = ", ".join(cfg.to)
         msg.set_content(text)
-        with smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=cfg.timeout_s) as smtp:
-            smtp.ehlo()
-            if cfg.starttls:
-                context = ssl.create_default_context(cafile=cfg.ca_file or None)
-                smtp.starttls(context=context)
-                smtp.ehlo()
-            if cfg.username:
-                smtp.login(cfg.username, read_secret(cfg.password_file, "alerts.password_file"))
+        with smtp_session(cfg) as smtp:
             smtp.send_message(msg)
+
+
+@contextmanager
+def smtp_session(cfg, steps: list[str] | None = None):
+    """A connection to the mail server, through EHLO, STARTTLS and the login: the one handshake
+    that alerts and the doctor's check share. ``steps`` (when given) records how far it got,
+    so a failure can name the step."""
+    steps = steps if steps is not None else []
+    steps.append("connect")
+    with smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=cfg.timeout_s) as smtp:
+        steps.append("EHLO")
+        smtp.ehlo()
+        if cfg.starttls:
+            steps.append("STARTTLS")
+            smtp.starttls(context=ssl.create_default_context(cafile=cfg.ca_file or None))
+            smtp.ehlo()
+        if cfg.username:
+            steps.append("login")
+            smtp.login(cfg.username, read_secret(cfg.password_file, "alerts.password_file"))
+        yield smtp
 
 
 def last_sent_by_kind(conn) -> dict[str, float | None]:

@@ -32,21 +32,13 @@ def alert_checks(ctx: DoctorContext) -> list[Check]:
 
 def smtp_login(cfg) -> Check:
     """Connect, EHLO, STARTTLS, log in; send nothing."""
-    from pipeline.core.config import read_secret
+    from pipeline.core.alerts import smtp_session
 
     where = f"{cfg.smtp_host}:{cfg.smtp_port}"
-    step = "connect"
+    steps: list[str] = []
     try:
-        with smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=cfg.timeout_s) as smtp:
-            step = "EHLO"
-            smtp.ehlo()
-            if cfg.starttls:
-                step = "STARTTLS"
-                smtp.starttls(context=ssl.create_default_context(cafile=cfg.ca_file or None))
-                smtp.ehlo()
-            if cfg.username:
-                step = "login"
-                smtp.login(cfg.username, read_secret(cfg.password_file, "alerts.password_file"))
+        with smtp_session(cfg, steps):
+            pass
     except smtplib.SMTPAuthenticationError as exc:
         return problem(AREA, "smtp login", f"{where} refused the login of {cfg.username!r} "
                                            f"({exc.smtp_code} {_text(exc.smtp_error)})",
@@ -56,6 +48,7 @@ def smtp_login(cfg) -> Check:
         return problem(AREA, "smtp tls", f"{where}: STARTTLS failed ({exc.reason or exc})",
                        "set alerts.ca_file to the server's CA, or correct alerts.smtp_host")
     except (OSError, socket.timeout, smtplib.SMTPException) as exc:
+        step = steps[-1] if steps else "connect"
         if step == "login":  # some servers drop the connection instead of answering 535
             return problem(AREA, "smtp login", f"{where} did not accept the login of "
                                                f"{cfg.username!r} ({type(exc).__name__}: {exc})",

@@ -63,7 +63,8 @@ def background_model(root, profile):
     import inspect
 
     from pipeline.core.errors import UserError
-    from pipeline.models.bgremove import check_model_present, settings_from_config
+    from pipeline.models.bgremove import (check_model_present, settings_from_config, stock_model_dir,
+                                          stock_model_file)
 
     if profile != "production":
         return {"model": "tiny test model", "present": True, "stock": False}
@@ -81,12 +82,12 @@ def background_model(root, profile):
     from rembg.sessions import sessions_class
 
     cls = next(sc for sc in sessions_class if sc.name() == settings.model)
-    path = cls.resolve_existing(f"{settings.model}.onnx")
+    path = stock_model_file(cls, f"{settings.model}.onnx")
     out["path"] = path
     found = re.findall(r"md5:([0-9a-f]{32})", inspect.getsource(cls.download_models))
     out["expected_md5"] = found[0] if len(found) == 1 else None
     out["md5"] = md5_file(path) if path else None
-    out["model_dir"] = cls.model_dir()
+    out["model_dir"] = stock_model_dir(cls)
     return out
 
 

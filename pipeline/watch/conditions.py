@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 # the SMS-length first line is shared with every other alert sender (pipeline/core/alerts.py)
-from pipeline.core.alerts import SMS_CHARS, local_host, sms_line  # noqa: F401 (re-exported)
+from pipeline.core.alerts import SMS_CHARS, sms_line
 from pipeline.core.alerts import cut_text as _cut
 
 CLEARED_KIND = "condition_cleared"

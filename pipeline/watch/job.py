@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from pipeline.watch import backups, disk, schedule, stages, weekly
-from pipeline.watch.conditions import local_host
+from pipeline.core.alerts import local_host
 from pipeline.watch.context import WatchContext
 
 # (key prefix the check answers for, check). A check returns its conditions, or None when it

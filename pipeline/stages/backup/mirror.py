@@ -135,7 +135,6 @@ def writers_paused(root, timeout_s: float, log=None) -> Iterator[None]:
 
 def mirror(root, conn, m: Mirror, log=None) -> Outcome:
     row = start_row(conn, m.name, MIRROR)
-    started = time.time()
     what = f"mirror {m.name}"
     try:
         if m.source_mount is not None and not os.path.ismount(m.source_mount):

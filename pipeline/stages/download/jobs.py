@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.core.httpfetch import short_error  # noqa: F401  (the stage's name for it)
 
 # Result kinds
 DONE = "done"          # downloaded (or adopted), verified, renamed into place

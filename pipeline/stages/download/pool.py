@@ -5,8 +5,9 @@ import logging
 import queue
 import threading
 
+from pipeline.core.httpfetch import short_error
 from pipeline.stages.download.fetch import Fetcher
-from pipeline.stages.download.jobs import FAIL, Job, Result, short_error
+from pipeline.stages.download.jobs import FAIL, Job, Result
 
 
 class WorkerPool:

@@ -19,8 +19,8 @@ from pipeline.batches import batchfile, results
 from pipeline.batches.batchfile import WorkerDirs
 # One batch, start to finish, lives in pipeline/models/batch_run.py: the orchestrator's Ray
 # actors run the same function (a stage imports no other stage).
-from pipeline.models.batch_run import (DONE, REJECTED, SKIPPED, STOPPED,  # noqa: F401
-                                       WorkerSettings, build_embedder, process_batch, reject)
+from pipeline.models.batch_run import (DONE, REJECTED, SKIPPED, STOPPED, WorkerSettings,
+                                       build_embedder, process_batch)
 
 def work(dirs: WorkerDirs, embedder, *, once: bool, checkpoint: Callable[[], bool],
          stop_requested: Callable[[], bool], sleep: Callable[[float], bool], poll_s: float,
