@@ -26,6 +26,19 @@ def run_cli(*args, root=None, check=False, timeout=120, env_extra=None) -> subpr
     return proc
 
 
+def run_cli_here(capsys, *args, root=None) -> subprocess.CompletedProcess:
+    """The command line run in this process (the same parser, command and output), for tests
+    that run many commands: it saves a Python start and the model imports per call. Use
+    run_cli where the process itself matters (exit on signals, imports, detaching)."""
+    from imageselector.cli import main
+
+    argv = ["--root", str(getattr(root, "path", root))] if root is not None else []
+    capsys.readouterr()
+    code = main(argv + [str(a) for a in args])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out.out, out.err)
+
+
 def cli_json(*args, root=None):
     proc = run_cli(*args, "--json", root=root, check=True)
     return json.loads(proc.stdout)

@@ -14,7 +14,7 @@ from pipeline.search.evaluate import evaluate
 from pipeline.search.query import search
 from pipeline.search.settings import SearchSettings
 from tests.index_support import DIMS, FP, ORDER, Collection, add_images, open_db
-from tests.support import run_cli
+from tests.support import run_cli, run_cli_here
 
 pytestmark = pytest.mark.timeout(120)
 IMAGE_MODELS = ["clip_vitb32", "clip_vitl14", "dinov2_base", "dinov2_large", "dinov3_base"]
@@ -158,8 +158,9 @@ def test_missing_or_misaligned_model_is_refused_with_warning(coll):
     (["--listing", "101", "--models", "nope"], "unknown model(s) nope"),
     ([], "give exactly one of"),
 ])
-def test_bad_input_is_one_line(coll, args, message):
-    proc = run_cli("search", *args, root=coll.root, env_extra={"IMAGESELECTOR_MODELS_PROFILE": "test"})
+def test_bad_input_is_one_line(coll, args, message, capsys, monkeypatch):
+    monkeypatch.setenv("IMAGESELECTOR_MODELS_PROFILE", "test")
+    proc = run_cli_here(capsys, "search", *args, root=coll.root)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -18,7 +18,7 @@ import pytest
 from pipeline.models.registry import VECTOR_DIMS, VECTOR_ORDER
 from pipeline.sandbox.catalogue import Catalogue
 from pipeline.search.calibrate import build_catalogue_index
-from tests.support import run_cli
+from tests.support import run_cli, run_cli_here
 
 pytestmark = pytest.mark.timeout(300)
 DAY = 86400
@@ -68,8 +68,8 @@ def synth(tmp_path_factory):
     return root, cat
 
 
-def search_json(root, *args):
-    proc = run_cli("search", *args, "--json", root=root)
+def search_json(capsys, root, *args):
+    proc = run_cli_here(capsys, "search", *args, "--json", root=root)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -95,7 +95,7 @@ def passing(cat, query_lid, pred, state="active"):
     (["--taxonomy", "TAX"], lambda i, lid: TAX[0] in CAT.nodes[CAT.tax[i]].path),
     (["--exclude", "EXCL"], lambda i, lid: lid not in EXCL),
 ])
-def test_filters_return_k_passing_results(synth, args, pred):
+def test_filters_return_k_passing_results(synth, args, pred, capsys):
     root, cat = synth
     _bind(cat)
     args = [a.replace("SHOP", str(SHOP[0])).replace("TAX", str(TAX[0]))
@@ -104,7 +104,7 @@ def test_filters_return_k_passing_results(synth, args, pred):
     want = passing(cat, query, pred)
     assert want, "the filter must leave something to find"
     for k in (3, len(want) + 5):
-        got = search_json(root, "--listing", query, "-k", k, *args)
+        got = search_json(capsys, root, "--listing", query, "-k", k, *args)
         ids = [r["listing_id"] for r in got]
         assert len(ids) == min(k, len(want)), (args, k, len(want))
         assert set(ids) <= want, set(ids) - want   # none that fail the filter
@@ -135,25 +135,25 @@ def _bind(cat) -> None:
         EXCL.extend(cat.listing_id(i) for i in (1, 3, 4, 6, 7, 8, 9, 10))
 
 
-def test_state_filter_default_active_and_any(synth):
+def test_state_filter_default_active_and_any(synth, capsys):
     root, cat = synth
     query = cat.listing_id(0)
     sold = {cat.listing_id(i) for i in SOLD}
-    every = search_json(root, "--listing", query, "-k", cat.n, "--state", "any")
+    every = search_json(capsys, root, "--listing", query, "-k", cat.n, "--state", "any")
     assert sold <= {r["listing_id"] for r in every} and len(every) == cat.n - 1
-    active = search_json(root, "--listing", query, "-k", cat.n)
+    active = search_json(capsys, root, "--listing", query, "-k", cat.n)
     assert not sold & {r["listing_id"] for r in active} and len(active) == cat.n - 1 - len(sold)
-    only_sold = search_json(root, "--listing", query, "-k", 10, "--state", "sold_out")
+    only_sold = search_json(capsys, root, "--listing", query, "-k", 10, "--state", "sold_out")
     assert {r["listing_id"] for r in only_sold} == sold
 
 
-def test_listing_by_etsy_url_and_json_fields(synth):
+def test_listing_by_etsy_url_and_json_fields(synth, capsys):
     root, cat = synth
     lid = cat.listing_id(4)
     url = f"https://www.etsy.com/listing/{lid}/some-title-slug"
-    by_id = search_json(root, "--listing", lid, "-k", 5)
-    assert search_json(root, "--url", url, "-k", 5) == by_id
-    assert search_json(root, "--listing", url, "-k", 5) == by_id
+    by_id = search_json(capsys, root, "--listing", lid, "-k", 5)
+    assert search_json(capsys, root, "--url", url, "-k", 5) == by_id
+    assert search_json(capsys, root, "--listing", url, "-k", 5) == by_id
     truth = cat.expected()
     for r in by_id:
         assert {"listing_id", "url", "title", "price", "shop_id", "score", "ranks",
@@ -166,26 +166,26 @@ def test_listing_by_etsy_url_and_json_fields(synth):
         assert set(r["primary_image"]) == {"path", "offset", "size"}
 
 
-def test_csv_output(synth):
+def test_csv_output(synth, capsys):
     root, cat = synth
     lid = cat.listing_id(4)
     proc = run_cli("search", "--listing", lid, "-k", 4, "--csv", root=root)
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))
-    want = search_json(root, "--listing", lid, "-k", 4)
+    want = search_json(capsys, root, "--listing", lid, "-k", 4)
     assert [int(r["listing_id"]) for r in rows] == [r["listing_id"] for r in want]
     assert rows[0]["url"] == want[0]["url"] and rows[0]["title"] == want[0]["title"]
     assert rows[0]["ranks"].count(":") == len(want[0]["ranks"])
 
 
-def test_same_item_groups_are_the_generated_near_duplicates(synth):
+def test_same_item_groups_are_the_generated_near_duplicates(synth, capsys):
     root, cat = synth
     truth = cat.expected()
     groups = cat.similar_groups()
     assert len(groups) == 6
     for members in groups.values():
         lid = members[0][0]
-        got = search_json(root, "--same-as", lid, "--state", "any")
+        got = search_json(capsys, root, "--same-as", lid, "--state", "any")
         found = {x["listing_id"] for g in got["groups"] for x in g["listings"]}
         assert found == {m for m, _ in members} - {lid}
         for g in got["groups"]:
@@ -194,7 +194,7 @@ def test_same_item_groups_are_the_generated_near_duplicates(synth):
                 assert x["price"] == pytest.approx(truth[x["listing_id"]]["price_amount"] / 100)
                 assert min(x["scores"].values()) >= 0.9
     lonely = next(cat.listing_id(i) for i in range(cat.n) if cat.similar_group(cat.listing_id(i)) is None)
-    assert search_json(root, "--same-as", lonely)["groups"] == []
+    assert search_json(capsys, root, "--same-as", lonely)["groups"] == []
     text = run_cli("search", "--same-as", lonely, root=root)
     assert text.returncode == 0 and "no other listing sells" in text.stdout
 

@@ -15,7 +15,7 @@ import pytest
 import models_support  # noqa: F401  (sets U2NET_HOME)
 from pipeline.search.calibrate import build_catalogue_index
 from tests.etsy_support import KEY
-from tests.support import run_cli
+from tests.support import run_cli_here
 
 pytestmark = pytest.mark.timeout(600)
 MAX_BYTES = 300_000
@@ -89,18 +89,24 @@ def real(tmp_path_factory, served):
     api.stop()
 
 
-def cli(root, *args, ok=True):
-    proc = run_cli("search", *args, root=root, timeout=300, env_extra={"ETSY_API_KEY": KEY})
-    if ok:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """`imageselector search ...` in this process (the models load once for the module)."""
+    monkeypatch.setenv("ETSY_API_KEY", KEY)
+
+    def run(root, *args, ok=True):
+        proc = run_cli_here(capsys, "search", *args, root=root)
+        if ok:
+            assert proc.returncode == 0, proc.stderr
+        return proc
+    return run
 
 
 def ids(proc):
     return [r["listing_id"] for r in json.loads(proc.stdout)]
 
 
-def test_image_file_url_and_text_with_image(real):
+def test_image_file_url_and_text_with_image(real, cli):
     root, cat, files, url, _api = real
     a, b = sorted(files)
     by_file = cli(root, "--image", files[a], "-k", 3, "--json")
@@ -113,7 +119,7 @@ def test_image_file_url_and_text_with_image(real):
     assert {"clip_vitb32", "dinov2_large"} <= set(top["ranks"])
 
 
-def test_several_images_mean_and_fuse(real):
+def test_several_images_mean_and_fuse(real, cli):
     from pipeline.search.encoders import combine_images
     from pipeline.search.engine import SearchEngine
 
@@ -136,7 +142,7 @@ def test_several_images_mean_and_fuse(real):
     assert a in fused   # rank 1 of its own search in every model
 
 
-def test_listing_not_indexed_comes_through_the_etsy_api(real):
+def test_listing_not_indexed_comes_through_the_etsy_api(real, cli):
     root, cat, _files, _url, _api = real
     lid = cat.listing_id(5)
     proc = cli(root, "--listing", lid, "-k", 3, "--json")
@@ -156,7 +162,7 @@ def test_listing_not_indexed_comes_through_the_etsy_api(real):
     ("/loop", ("redirect", "/loop"), "redirect loop"),
     ("/gone.jpg", "404", "HTTP 404"),
 ])
-def test_unusable_image_url_gets_one_line(real, path, route, message):
+def test_unusable_image_url_gets_one_line(real, cli, path, route, message):
     from PIL import Image
 
     root, _cat, files, url, _api = real
