@@ -2,6 +2,10 @@
 the time of one full refresh, and key-to-screen latency while refreshes run.
 
     .venv/bin/python bench/bench_console.py [--rows 10000000] [--procs 300] [--idle-s 60]
+    .venv/bin/python bench/bench_console.py --sandbox DIR [--runs 7] [--idle-s 30] [--keys 20]
+
+The second form (issue 18) takes `make run`'s root, a sandbox with its local Etsy API running:
+launch to first draw (median of --runs fresh processes), idle CPU, key to screen.
 
 It builds (once) a root whose DB has --rows image_status rows (executemany in big
 transactions; the trigger-kept queue counters make the console's queue read O(1)), starts
@@ -209,11 +213,12 @@ async def key_latency_in_app(root, refresh_s: float = 0.1, presses: int = 30) ->
     return out
 
 
-def idle_cpu_and_latency(root, refresh_s: float, idle_s: float, keys: int) -> dict:
+def idle_cpu_and_latency(root, refresh_s: float, idle_s: float, keys: int,
+                         ready: str = "selftest") -> dict:
     command = f"{sys.executable} -m imageselector --root {root.path} console --refresh {refresh_s}"
     tmux = Tmux(command)
     try:
-        wait_screen(tmux, lambda t: "Stages" in t and "selftest" in t, 60)
+        wait_screen(tmux, lambda t: "Stages" in t and ready in t, 60)
         proc = console_process(tmux)
         time.sleep(5)  # warm-up: first polls, layout
         c0 = proc.cpu_times()
@@ -244,8 +249,73 @@ def idle_cpu_and_latency(root, refresh_s: float, idle_s: float, keys: int) -> di
         tmux.kill()
 
 
+def launch_to_first_draw(root, runs: int) -> tuple[list[float], list[float]]:
+    """Seconds from starting the console process (in a tmux pane) to its first frame on
+    screen (the tab bar and the Stages panel drawn), and to its first data (the stage rows
+    filled), one fresh process per run."""
+    first_frame, first_data = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        tmux = Tmux(f"{sys.executable} -m imageselector --root {root.path} console")
+        try:
+            wait_screen(tmux, lambda t: "Dashboard" in t and "Stages" in t, 60)
+            first_frame.append(time.perf_counter() - t0)
+            wait_screen(tmux, lambda t: " etsy-api " in t, 60)
+            first_data.append(time.perf_counter() - t0)
+            tmux.send("q")
+            wait_screen(tmux, lambda t: "Stages" not in t, 20)
+        finally:
+            tmux.kill()
+        time.sleep(1.0)
+    return first_frame, first_data
+
+
+def quantiles(values: list[float]) -> str:
+    v = sorted(values)
+    return (f"median {1000 * statistics.median(v):.0f} ms, p90 {1000 * v[int(0.9 * (len(v) - 1))]:.0f} ms, "
+            f"max {1000 * v[-1]:.0f} ms (n={len(v)})")
+
+
+def operator_figures(folder: Path, runs: int, idle_s: float, keys: int) -> int:
+    """`make run`'s root (a sandbox with its local Etsy API running, nothing else): launch to
+    first draw, idle CPU at the default 1 s refresh, key to screen."""
+    import socket
+
+    from pipeline.core.stage_control import request_stop, start_detached, wait_stopped
+    from pipeline.core.stage_observe import is_live, stage_status
+    from pipeline.sandbox import init_sandbox
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = init_sandbox(folder, port)
+    if not is_live(stage_status(root, "etsy-api")):
+        start_detached(root, "etsy-api")
+    api_pid = stage_status(root, "etsy-api")["pid"]
+    n_procs = len([p for p in os.listdir("/proc") if p.isdigit()])
+    print(f"machine: {os.cpu_count()} cores, {n_procs} processes, load average "
+          f"{os.getloadavg()[0]:.2f}; sandbox root {root.path} (local Etsy API running)")
+    try:
+        frame, data = launch_to_first_draw(root, runs)
+        print(f"launch to first draw (process start to the first frame in tmux): {quantiles(frame)}")
+        print(f"launch to first data (the stage rows filled):                    {quantiles(data)}")
+        r = idle_cpu_and_latency(root, 1.0, idle_s, keys, ready="etsy-api")
+        print(f"idle CPU at the default 1 s refresh: {r['cpu_percent']:.2f}% of one core over "
+              f"{r['wall_s']:.0f} s")
+        print(f"key '?' to the help screen (send-keys to capture-pane): {quantiles(r['latencies'])}")
+        print(f"key Down/Up to the next stage row:                      {quantiles(r['moves'])}")
+    finally:
+        request_stop(root, "etsy-api")
+        wait_stopped(root, "etsy-api", api_pid, 20)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sandbox", default=None, metavar="DIR",
+                        help="instead: the operator figures on `make run`'s root (a sandbox at "
+                             "DIR): launch to first draw, idle CPU, key to screen")
+    parser.add_argument("--runs", type=int, default=7, help="launches for launch-to-first-draw")
     parser.add_argument("--root", default="/tmp/imageselector-bench-console")
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--procs", type=int, default=300)
@@ -260,6 +330,8 @@ def main() -> int:
     if shutil.which("tmux") is None:
         print("tmux is needed")
         return 2
+    if args.sandbox:
+        return operator_figures(Path(args.sandbox), args.runs, args.idle_s, args.keys)
     root = build_root(Path(args.root), args.rows)
     servers = start_ssh_workers(root, args.ssh_workers)
     idle = start_idle_processes(args.procs)

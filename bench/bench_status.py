@@ -53,8 +53,41 @@ def timed(fn, n: int) -> list[float]:
 
 def describe(name: str, ms: list[float]) -> None:
     ms = sorted(ms)
-    print(f"{name:<44} median {statistics.median(ms):7.2f} ms   p95 {ms[int(len(ms) * 0.95) - 1]:7.2f} ms"
+    print(f"{name:<44} median {statistics.median(ms):7.2f} ms   p95 {ms[max(0, int(len(ms) * 0.95) - 1)]:7.2f} ms"
           f"   (n={len(ms)})")
+
+
+def cpu_timed(fn, n: int) -> list[float]:
+    """CPU ms of this process per call: on a shared machine, what the call itself costs."""
+    out = []
+    for _ in range(n):
+        t0 = time.process_time()
+        fn()
+        out.append((time.process_time() - t0) * 1000)
+    return out
+
+
+def sections(root: Root, tracker: LockTracker, n: int = 30) -> None:
+    """Where one snapshot's time goes: each part timed alone (median wall / CPU ms), so a
+    section that starts repeating work on every refresh shows here."""
+    from pipeline.status.registry import providers
+    from pipeline.status.snapshot import local_stage_names
+    from pipeline.core.stage_observe import stage_status
+
+    conn = db.open_db(root)
+    now = time.time()
+    parts = [("open_db + close", lambda: db.open_db(root).close()),
+             ("queue depths", lambda: db.queue_depths(conn)),
+             ("stages (heartbeat files)",
+              lambda: [stage_status(root, name, now) for name in local_stage_names(root)]),
+             ("locks (/proc/locks + descriptor scan)", lambda: tracker.holders(root.db_path, now=now))]
+    parts += [(f"section {p.name}", (lambda p=p: p.fn(root, conn, now, [])))
+              for p in providers()]
+    for name, fn in parts:
+        fn()
+        wall, cpu = timed(fn, n), cpu_timed(fn, n)
+        print(f"  {name:<42} wall {statistics.median(wall):6.2f} ms   cpu {statistics.median(cpu):6.2f} ms")
+    conn.close()
 
 
 def main() -> None:
@@ -62,6 +95,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--procs", type=int, default=300)
     ap.add_argument("--dir", default="/tmp/bench-status")
+    ap.add_argument("--sections-only", action="store_true",
+                    help="only the snapshot and its per-section breakdown (no CLI runs, no extra processes)")
     args = ap.parse_args()
     root = Root(args.dir).ensure()
     build(root, args.rows)
@@ -69,7 +104,15 @@ def main() -> None:
 
     tracker = LockTracker()
     describe("snapshot() in-process, locks included", timed(lambda: snapshot(root, tracker), 50))
+    describe("  the same, CPU time of this process", cpu_timed(lambda: snapshot(root, tracker), 50))
+    # a live display (the console) re-reads /proc/locks every refresh but scans every
+    # process's descriptors only every console.lock_open_scan_s (5 s)
+    live = LockTracker(open_scan_s=5.0)
+    describe("snapshot(), descriptor scan every 5 s (live)", timed(lambda: snapshot(root, live), 50))
+    sections(root, tracker)
     describe("snapshot() in-process, without locks", timed(lambda: snapshot(root, with_locks=False), 50))
+    if args.sections_only:
+        return
     conn = db.open_db(root)
     describe("queue depths alone (O(1) counters)", timed(lambda: db.queue_depths(conn), 200))
     describe("COUNT(*) GROUP BY state (what counters avoid)", timed(lambda: db.count_states_slowly(conn), 3))
@@ -90,6 +133,8 @@ def main() -> None:
         n = len(list(Path("/proc").glob("[0-9]*")))
         describe(f"locks with {n} processes (3 holders)", timed(lambda: tracker.holders(root.db_path), 50))
         describe(f"snapshot() with {n} processes", timed(lambda: snapshot(root, tracker), 50))
+        describe("  the same, CPU time of this process", cpu_timed(lambda: snapshot(root, tracker), 50))
+        describe(f"snapshot(), {n} processes, scan every 5 s", timed(lambda: snapshot(root, live), 50))
         describe(f"`imageselector locks --json`, {n} processes", timed(
             lambda: subprocess.run([sys.executable, "-m", "imageselector", "--root", str(root.path),
                                     "locks", "--json"], capture_output=True, check=True), 10))

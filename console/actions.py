@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+# What stop all leaves running, and why: one rule for the CLI and the console.
+from pipeline.core.stage import STOP_ALL_KEEPS
+
 LIVE = {"running", "pausing", "paused", "blocked", "stopping", "stale"}
 
 
@@ -26,12 +29,6 @@ def stop_local(root, name: str) -> str:
     if status["state"] != "stopping":
         return f"stop {name}: not running ({status['state']})"
     return f"stop {name}: {spec(name).kill_file} written, waiting for it to exit (pid {status['pid']})"
-
-
-# What stop all leaves running: the sandbox's local Etsy API serves sync's requests and the
-# image URLs stored in the DB, so "stop everything" must not take it away (x on its row does).
-STOP_ALL_KEEPS = ("etsy-api",)
-KEPT_WHY = {"etsy-api": "the sandbox's local Etsy API, which sync and download need"}
 
 
 def stop_all_order(rows: list[dict]) -> list[dict]:
@@ -64,8 +61,9 @@ def stop_all_text(rows: list[dict], kept: list[dict]) -> str:
         lines.append(f"  {i}. {r.get('host', 'local')}/{r['name']}  "
                      f"({spec(r['name']).kill_file}{pid})")
     for r in kept:
-        lines.append(f"Left running: {r.get('host', 'local')}/{r['name']}, "
-                     f"{KEPT_WHY.get(r['name'], 'not a pipeline stage')} (x on its row stops it).")
+        why = STOP_ALL_KEEPS.get(r["name"], "not a pipeline stage")
+        lines.append(f"Left running: {r.get('host', 'local')}/{r['name']}, {why} "
+                     f"(x on its row stops it).")
     return "\n".join(lines)
 
 

@@ -325,79 +325,52 @@ def local_log_tail(path: Path, lines: int) -> tuple[list[str], tuple]:
 # ---------------------------------------------------------------------------
 # Search
 # ---------------------------------------------------------------------------
-# The search engine and the models stay loaded between queries (loading them is the slow
-# part); both are made in the search thread, never at start-up.
-_search_cache: dict[str, Any] = {}
+# Searches run in the search helper process (pipeline/search/helper.py), which holds the
+# engine and the models: this process never imports torch. The pane builds the request from
+# its typed line (pipeline/search/helper_query.py) and has no search logic of its own.
+SEARCH_LOCATOR = "pipeline.stages.archive.primary:primary_location"  # search imports no stage
 
 
-def _search_engine(root):
-    key = f"engine:{root.path}"
-    if key not in _search_cache:
-        from pipeline.search.engine import SearchEngine
+def parse_search(line: str, k: int, shown: set[int] | None = None):
+    """The pane's typed line as a SearchRequest; a one-line UserError when it cannot run."""
+    from pipeline.search.helper_query import parse_query_text
 
-        _search_cache[key] = SearchEngine.for_root(root)
-    return _search_cache[key]
-
-
-def _model_set(root):
-    key = f"models:{root.path}"
-    if key not in _search_cache:
-        from pipeline.models.loading import ModelSet
-        from pipeline.models.registry import ModelSettings
-
-        _search_cache[key] = ModelSet(ModelSettings.from_config(root.config, root.profile))
-    return _search_cache[key]
-
-
-def _image_locator():
-    """Where a result's primary image is archived (search imports no stage; the console does)."""
-    from pipeline.stages.archive.primary import primary_location
-
-    return primary_location
+    return parse_query_text(line, k, shown)
 
 
 def search_kwargs(query: str) -> dict:
-    """What the pane's text means: `listing:ID` (more like a listing), a path to an image
-    file, or words."""
-    text = query.strip()
-    if text.lower().startswith("listing:"):
-        value = text.split(":", 1)[1].strip()
-        if not value.isdigit():
-            raise SourceMessage(f"listing:{value} is not a listing id (listing:123456)")
-        return {"listing": int(value)}
-    path = Path(text).expanduser()
-    if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif") or path.is_file():
-        if not path.is_file():
-            raise SourceMessage(f"image {path} does not exist or is not a file")
-        return {"image": str(path)}
-    return {"text": text}
+    """A typed line in issue 7's keyword form: {"text"}, {"listing"} or {"image"}."""
+    from pipeline.core.errors import UserError
+
+    try:
+        req = parse_search(query, 1)
+    except UserError as exc:
+        raise SourceMessage(str(exc)) from None
+    if req.listing is not None:
+        return {"listing": req.listing}
+    if req.images:
+        return {"image": str(req.images[0])}
+    return {"text": req.text}
 
 
-def search(root, query: str, k: int) -> tuple[list[dict], list[str]]:
-    """Listing cards, best first, and warnings. Each result: listing_id, image_id, title,
-    price, currency, shop, score (fused), agree (models that found it), models
-    ({model: {rank, score}}), primary_image {"path", "offset", "size"} (DECISIONS.md)."""
-    fn = optional_function("pipeline.search.query", "search")
-    if fn is None:
-        raise NotAvailable("search: not available yet (pipeline/search/query.py)")
-    kwargs = search_kwargs(query)
-    engine = _search_engine(root)
-    engine.refresh()
-    if not engine.loaded:  # say so before loading any model
-        raise SourceMessage(f"the index store {engine.base} is empty: nothing to search yet")
-    extra = {} if "listing" in kwargs else {"model_set": _model_set(root)}
-    results, warnings = fn(root, k=k, engine=engine, locate=_image_locator(), **kwargs, **extra)
-    return list(results), list(warnings)
+def open_search_helper(root):
+    """The client of this console's search helper (started on its first search)."""
+    from pipeline.search.helper_client import SearchHelperClient
+
+    return SearchHelperClient(root, locate=SEARCH_LOCATOR)
 
 
-def more_like_this(root, listing_id: int, k: int) -> tuple[list[dict], list[str]]:
-    """Listings like this one (its own images as the query), in the shape of search()."""
-    fn = optional_function("pipeline.search.query", "search")
-    if fn is None:
-        raise NotAvailable("more like this: not available yet (pipeline/search/query.py)")
-    results, warnings = fn(root, listing=int(listing_id), k=k, engine=_search_engine(root),
-                           locate=_image_locator())
-    return list(results), list(warnings)
+def search(helper, request, on_progress: Callable[[str], None] | None = None) -> dict:
+    """One request through the helper: {"kind", "results" (best first), "groups" (same
+    item: by shop), "warnings", "notes", "took_s", "text_cached"}. Each result: listing_id,
+    url, image_id, title, price, currency, shop_id, shop, score, agree, models ({model: {rank,
+    score}}), primary_image {"path", "offset", "size"} (DECISIONS.md)."""
+    answer, notes = helper.search(request, on_progress)
+    outcome = dict(answer["outcome"])
+    outcome["notes"] = list(notes) + list(outcome.get("notes") or [])
+    outcome["took_s"] = answer.get("took_s")
+    outcome["text_cached"] = answer.get("text_cached", False)
+    return outcome
 
 
 def load_thumbnail(root, primary_image: dict | None, max_px: int = 256):
@@ -446,6 +419,7 @@ class Sources:
     close_hosts: Callable = close_hosts
     deploy: Callable = deploy
     local_log_tail: Callable = local_log_tail
+    parse_search: Callable = parse_search
+    open_search_helper: Callable = open_search_helper
     search: Callable = search
-    more_like_this: Callable = more_like_this
     load_thumbnail: Callable = load_thumbnail

@@ -164,11 +164,12 @@ class ConsoleApp(PollScheduler, PanelFeed, HostSources, LogFollow, BackgroundAct
 
     def on_unmount(self) -> None:
         """Close the cached SSH connections to the workers (never waits on a hung host);
-        quitting never stops a stage."""
+        quitting never stops a stage (it stops the search helper it started)."""
         try:
             self.sources.close_hosts()
         except Exception:
             pass
+        self.stop_search_helper()
 
     def on_resize(self, event) -> None:
         if self.panels is not None:

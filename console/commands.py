@@ -33,6 +33,7 @@ WHERE: dict[str, tuple[str, set[str]]] = {
     # a focused Stages, Queues or DB locks panel
     "table": ("focused table", {"dashboard/stages", "dashboard/table"}),
     "log": ("focused log", {"dashboard/log", "log/full"}),
+    "search": ("Search tab", {"search"}),
 }
 
 
@@ -97,6 +98,29 @@ COMMANDS: list[ConsoleCommand] = [
     ConsoleCommand("log_full_screen", "z,enter", "log_full_screen", "Full screen",
                    "the log panel over the whole screen, or back (Escape too)", "Logs",
                    where="log"),
+    # Search (the selected card: Tab to it, or the first after a search; Escape leaves the box)
+    ConsoleCommand("search_open", "o", "search_open", "Open listing",
+                   "copy the selected result's Etsy URL to the clipboard and show it", "Search",
+                   where="search"),
+    ConsoleCommand("search_more", "m", "search_more", "More like this",
+                   "search with the selected result's listing (Enter on a card too)", "Search",
+                   where="search"),
+    ConsoleCommand("search_same", "e", "search_same", "Same item elsewhere",
+                   "the other shops' listings of the selected result's item, with prices",
+                   "Search", where="search"),
+    ConsoleCommand("search_next_page", "n", "search_next_page", "Next page",
+                   "the next page of results of the same query", "Search", where="search"),
+    ConsoleCommand("search_previous_page", "p", "search_previous_page", "Previous page",
+                   "the previous page of results", "Search", where="search"),
+    ConsoleCommand("search_history_back", "up", "search_history_back", "Previous query",
+                   "put the previous query of this session into the box", "Search",
+                   where="search", footer=False),
+    ConsoleCommand("search_history_forward", "down", "search_history_forward", "Next query",
+                   "put the next query of the history into the box", "Search", where="search",
+                   footer=False),
+    ConsoleCommand("search_cancel", "escape", "search_cancel", "Cancel search",
+                   "stop waiting for the running search (its late answer is dropped); "
+                   "leaves the box", "Search", where="search", footer=False),
     # View
     ConsoleCommand("refresh_now", "r", "refresh_now", "Refresh now",
                    "poll every source now", "View", footer=False),
@@ -130,6 +154,11 @@ NAVIGATION: list[tuple[str, str, str]] = [
     ("home,end", "First / last", "the first or last row (ctrl+home, ctrl+end in a table)"),
     ("enter", "Enter", "search in a text box; full screen on the log panel; "
                        "more like this on a search card"),
+    ("enter", "Search query", "on the Search tab: words, image paths and image URLs (together: text and images), "
+                         "listing:ID or an Etsy listing URL (more like it), same:ID (the same "
+                         "item in other shops); filters price:20-80 (or 20- / -80) shop:ID "
+                         "taxonomy:ID state:any since:YYYY-MM-DD unseen (leave out listings "
+                         "already shown); combine:fuse for several images"),
     ("ctrl+p", "Palette", "every command by name, with its key"),
 ]
 

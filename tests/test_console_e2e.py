@@ -1,6 +1,7 @@
 """End to end: the real `imageselector console --root R` in tmux; keys go in with send-keys
 and the screen comes back with capture-pane. Start and stop a real stage, open the help,
-quit, and the stage started by the console outlives it."""
+quit, and the stage started by the console outlives it; the operator's whole walk from
+`make run` (start, watch, pause, resume, stop, search, quit) at 160x48, then 80x24."""
 from __future__ import annotations
 
 import os
@@ -128,3 +129,145 @@ def test_a_fast_burst_of_keys_lands_in_order_in_tmux(tmp_path):
         assert palette_line.split("🔎", 1)[1].strip() == "world"
     finally:
         tmux.kill()
+
+
+# ---- the operator's walk (issue 18): `make run`, then the same root at 80x24 -------------
+TITLES = ["oak dining chair", "glass coffee table", "velvet sofa", "brass floor lamp"]
+FIRST_LISTING = 90_000_001   # far above the sandbox catalogue's listing ids
+
+
+def seed_search_index(root) -> None:
+    """Four listings in the index store (random unit vectors: any text query finds some), so
+    a text search in the console has something to answer with."""
+    import numpy as np
+
+    from pipeline.index import IndexStore
+    from tests.index_support import DIMS, FP, ORDER, add_images, add_listing_rows, open_db
+
+    conn = open_db(root)
+    rng = np.random.default_rng(18)
+    ids = np.array([(FIRST_LISTING + i, 1) for i in range(len(TITLES))], dtype=np.int64)
+    vecs = {}
+    for m in ORDER:
+        v = rng.standard_normal((len(TITLES), DIMS[m])).astype("float32")
+        vecs[m] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    for i, title in enumerate(TITLES):
+        add_listing_rows(conn, root, FIRST_LISTING + i, 1, title, 4200, "walkshop")
+    add_images(conn, 1, ids)
+    store = IndexStore.for_root(root)
+    store.open(conn)
+    store.import_batch(1, ids, vecs, FP, conn)
+    conn.close()
+
+
+def stage_line(text: str, name: str) -> str:
+    return next((line for line in text.splitlines() if f" local    {name} " in line), "")
+
+
+def discovered(text: str) -> int:
+    import re
+
+    found = re.search(r"│ discovered\s+([\d,]+) ", text)
+    return int(found.group(1).replace(",", "")) if found else -1
+
+
+def root_processes(root) -> dict[int, str]:
+    """Live processes whose command line names this root (pid -> command line)."""
+    import psutil
+
+    out = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if str(root.path) in cmdline:
+            out[proc.info["pid"]] = cmdline
+    return out
+
+
+def test_operator_walk_make_run_at_160x48_then_80x24(tmp_path):
+    """`make run` (sandbox up: the local Etsy API, then the console) at 160x48: start sync
+    from its row and watch the discovered count move, pause it, resume it, stop it, run a
+    text search, quit with q: the console is gone and so is every process it started (the
+    search helper, the stage). Then the same root at 80x24: every panel can be reached."""
+    import psutil
+
+    from pipeline.sandbox import init_sandbox
+    from tests.alerts_support import free_port
+
+    port = free_port()
+    folder = tmp_path / "sandbox"
+    root = init_sandbox(folder, port)
+    seed_search_index(root)
+    tmux = Tmux(f"{sys.executable} -m imageselector sandbox up {folder} --port {port}", 160, 48)
+    try:
+        tmux.wait_for(lambda t: "running" in stage_line(t, "etsy-api"), what="the local Etsy API")
+        console = psutil.Process(int(subprocess.run(
+            tmux.base + ["display", "-p", "-t", tmux.name, "#{pane_pid}"], capture_output=True,
+            text=True, timeout=10).stdout))
+        assert "console" in " ".join(console.cmdline())   # sandbox up became the console
+        api_pid = stage_status(root, "etsy-api")["pid"]
+
+        tmux.send("s")   # the first row (sync) is highlighted at start
+        tmux.wait_for(lambda t: "running" in stage_line(t, "sync"), what="sync running")
+        sync_pid = stage_status(root, "sync")["pid"]
+        first = tmux.wait_for(lambda t: discovered(t) > 0, what="images discovered")
+        tmux.wait_for(lambda t: discovered(t) > discovered(first), what="the count moving")
+        tmux.send("p")
+        tmux.wait_for(lambda t: "paused" in stage_line(t, "sync"), what="sync paused")
+        tmux.send("u")
+        tmux.wait_for(lambda t: "running" in stage_line(t, "sync"), what="sync resumed")
+        tmux.send("x")
+        tmux.wait_for(lambda t: "stopped" in stage_line(t, "sync"), what="sync stopped")
+        assert not pid_alive(sync_pid)
+
+        tmux.send("3")
+        tmux.send("a")   # the box has the focus once this shows
+        tmux.wait_for(lambda t: " a " in box_line(t), what="the search box")
+        tmux.send("BSpace", *"oak chair", "Enter")
+        answered = ("nothing found", "no results", *TITLES)
+        text = tmux.wait_for(lambda t: any(a in t for a in answered), timeout=90,
+                             what="the search's answer")
+        assert "Traceback" not in text and "error" not in text.lower()
+        started = console.children(recursive=True)   # e.g. the search helper
+        tmux.send("Escape")   # leaves the box: 1 is then a key, not a letter
+        # an ESC and a key within the terminal's escape timeout read as Alt+key: a pause,
+        # as between an operator's two key presses
+        time.sleep(0.5)
+        tmux.send("1")
+        tmux.wait_for(lambda t: "Stages" in t, what="back on the Dashboard")
+        tmux.send("q")
+        gone, alive = psutil.wait_procs([console, *started], timeout=20)
+        assert not alive, f"still running after q: {[p.pid for p in alive]}"
+        left = root_processes(root)
+        assert list(left) == [api_pid], f"left behind: {left}"   # only what `make run` started
+
+        # the same root at 80x24: Tab brings every Dashboard panel into view
+        tmux.kill()
+        tmux = Tmux(f"{sys.executable} -m imageselector --root {folder} console", 80, 24)
+        tmux.wait_for(lambda t: "Stages" in t, what="the console at 80x24")
+        seen, screens = set(), []
+        titles = ("Stages", "Queues", "Backups", "Log:", "DB locks", "Console commands")
+        for _ in range(10):
+            screens.append(tmux.screen())
+            seen |= {title for title in titles if f"─ {title}" in screens[-1]}
+            if len(seen) == len(titles):
+                break
+            tmux.send("Tab")
+            time.sleep(0.3)   # let it draw the focus move (the loop looks again either way)
+        assert seen == set(titles), "\n".join(screens)
+        tmux.send("2")
+        tmux.wait_for(lambda t: "Weekly run" in t, what="the Run tab")
+        tmux.send("3")
+        tmux.wait_for(lambda t: "─ Search ─" in t, what="the Search tab")
+        tmux.send("Escape")   # out of the query box (it has the focus on this tab)
+        time.sleep(0.5)
+        tmux.send("1")
+        tmux.wait_for(lambda t: any(f"─ {title}" in t for title in titles), what="the Dashboard")
+        tmux.send("q")
+        deadline = time.monotonic() + 20
+        while tmux.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not tmux.alive(), "the console did not exit on q"
+    finally:
+        tmux.kill()
+        stop_if_running(root, "sync")
+        stop_if_running(root, "etsy-api")

@@ -1,7 +1,8 @@
 """Worker hosts over a real sshd on loopback: the worker's row comes from its run/worker.json
-read over one cached SSH connection; start and stop from the keyboard write the expected
-files there (the kill file for stop); a host that does not answer is unreachable while the
-other panels keep refreshing, and comes back when it answers again."""
+read over one cached SSH connection; start, stop and restart from the keyboard write the
+expected files there (the kill file for stop; restart starts only after the exit); a host
+that does not answer is unreachable while the other panels keep refreshing, and comes back
+when it answers again."""
 from __future__ import annotations
 
 import asyncio
@@ -211,7 +212,7 @@ async def _select(pilot, table: StagesTable, key: str) -> None:
     assert table.selected_key() == key
 
 
-def test_console_starts_and_stops_a_remote_worker(tmp_path, sshd):  # noqa: F811
+def test_console_starts_stops_and_restarts_a_remote_worker(tmp_path, sshd):  # noqa: F811
     root = make_root(tmp_path / "root", console={"source_timeout_s": 3.0},
                      stage={"stale_after_s": 120.0})
     w1 = worker_root(tmp_path, "w1")
@@ -264,6 +265,35 @@ def test_console_starts_and_stops_a_remote_worker(tmp_path, sshd):  # noqa: F811
             await wait_until(pilot, lambda: any("w1/worker exited: 0 stopped" in e.text
                                                 for e in app.command_log.entries))
             assert table.cell_text("w1/worker", "last_exit") == "0 stopped"
+
+            # restart (S) of the running worker: the kill file over SSH, a wait until that
+            # host's heartbeat says it exited, then `imageselector start` there again
+            (w1 / "started_args.json").unlink()
+            await pilot.press("s")
+            await wait_until(pilot, lambda: table.cell_text("w1/worker", "state") == "running",
+                             what="w1 running again")
+            first = json.loads((w1 / "run" / "worker.json").read_text())["pid"]
+            (w1 / "started_args.json").unlink()
+            await pilot.press("S")
+            await wait_until(pilot, lambda: (w1 / "KILL_WORKER").exists(), what="restart's stop")
+            assert not (w1 / "started_args.json").exists()   # not started before it exited
+            assert table.cell_text("w1/worker", "state") == "stopping..."
+            heartbeat(w1, pid=first, state="stopped",
+                      exit={"code": 0, "outcome": "stopped", "reason": "stopped by KILL_WORKER"})
+            (w1 / "KILL_WORKER").unlink()
+            await wait_until(pilot, lambda: (w1 / "started_args.json").exists(),
+                             what="restart's start")
+            assert json.loads((w1 / "started_args.json").read_text()) == args
+            second = json.loads((w1 / "run" / "worker.json").read_text())["pid"]
+            assert second != first
+            await wait_until(pilot, lambda: table.cell_text("w1/worker", "pid") == str(second),
+                             what="the new process on its row")
+            assert table.cell_text("w1/worker", "state") == "running"
+            logged = [e.text for e in app.command_log.entries]
+            steps = [max(i for i, t in enumerate(logged) if text in t) for text in (
+                "restart w1/worker: stop, wait", "restart w1/worker: stop requested",
+                "worker: running (pid")]
+            assert steps == sorted(steps)
 
     asyncio.run(scenario())
 

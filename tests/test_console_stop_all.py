@@ -83,3 +83,39 @@ def test_stop_all_writes_kill_files_in_the_order_shown_and_keeps_the_etsy_api(tm
     assert [f"local/{n}" for n in written] == listed          # the order the dialog showed
     assert not root.file(spec("etsy-api").kill_file).exists()
     assert "stop all, in this order: local/sync, local/download, local/tar" in logged
+
+
+def test_cli_stop_all_shares_the_rule_and_says_what_it_leaves(tmp_path):
+    """`imageselector stop --all` leaves the sandbox's local Etsy API running (the rule the
+    console's A follows, pipeline.core.stage.STOP_ALL_KEEPS) and says so; --everything, or
+    naming it, stops it."""
+    from tests.support import run_cli
+
+    root = make_root(tmp_path / "root")
+    procs = {name: subprocess.Popen(["sleep", "120"], stdin=subprocess.DEVNULL)
+             for name in STAGES}
+    try:
+        fake_running(root, "etsy-api", procs["etsy-api"])
+        only_api = run_cli("stop", "--all", root=root, check=True).stdout
+        assert "no other stage is running" in only_api
+        assert "etsy-api: left running, the sandbox's local Etsy API" in only_api
+        for name, proc in procs.items():
+            fake_running(root, name, proc)
+        out = run_cli("stop", "--all", root=root, check=True).stdout
+        lines = out.splitlines()
+        assert lines[0] == "stop --all stops, in this order: sync, download, tar"
+        assert [line.split(":")[0] for line in lines if "written" in line] == \
+            ["sync", "download", "tar"]
+        assert any(line.startswith("etsy-api: left running") for line in lines)
+        assert all(root.file(spec(n).kill_file).exists() for n in ("sync", "download", "tar"))
+        assert not root.file(spec("etsy-api").kill_file).exists()
+
+        bad = run_cli("stop", "--everything", root=root)
+        assert bad.returncode != 0 and "--everything goes with --all" in bad.stderr
+        out = run_cli("stop", "--all", "--everything", root=root, check=True).stdout
+        assert out.splitlines()[0].endswith("sync, download, tar, etsy-api")
+        assert root.file(spec("etsy-api").kill_file).exists()
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()

@@ -1,5 +1,6 @@
-"""One search result: the listing's primary image, title, price, shop, fused score and how
-many models agreed. Enter (or a click) asks for more like this."""
+"""One search result: the listing's primary image, title, price, shop, listing id, fused score,
+how many models agreed and every model's rank. Enter (or a click) asks for more like this;
+the pane's keys (open, more like this, same item elsewhere) act on the selected card."""
 from __future__ import annotations
 
 import os
@@ -33,9 +34,18 @@ def image_widget_class(mode: str):
 
 class ListingCard(Vertical, can_focus=True):
     class Selected(Message):
+        """Enter or a click on the card: more like this."""
+
         def __init__(self, result: dict):
             super().__init__()
             self.result = result
+
+    class Focused(Message):
+        """The card got the focus: the pane's keys act on it."""
+
+        def __init__(self, card: "ListingCard"):
+            super().__init__()
+            self.card = card
 
     def __init__(self, rank: int, result: dict, thumbnail, image_class, **kwargs):
         super().__init__(classes="listing-card", **kwargs)
@@ -51,21 +61,18 @@ class ListingCard(Vertical, can_focus=True):
         else:
             yield Static("no image", classes="card-image card-noimage")
         yield Static(f"{self.rank}. {fmt.shorten(r.get('title') or '?', 60)}", classes="card-title")
-        price = r.get("price")
-        price_text = (f"{price:,.2f}" if isinstance(price, (int, float)) else str(price or "-"))
-        if r.get("currency"):
-            price_text += f" {r['currency']}"
-        yield Static(f"{price_text} · {fmt.shorten(r.get('shop') or '?', 24)}", classes="card-meta")
-        models = r.get("models") or {}
-        agree = r.get("agree") or len(models)
-        ranks = " ".join(f"{SHORT.get(name, name[:6])}#{m.get('rank')}" for name, m in
-                         sorted(models.items()) if isinstance(m, dict) and m.get("rank"))
+        yield Static(price_and_shop(r), classes="card-meta")
         score = r.get("score")
-        parts = [f"score {score:.4f}" if isinstance(score, (int, float)) else "",
-                 f"{agree} model{'s' if agree != 1 else ''} agree" if agree else ""]
+        parts = [f"#{r.get('listing_id')}",
+                 f"score {score:.4f}" if isinstance(score, (int, float)) else ""]
         yield Static(" · ".join(p for p in parts if p), classes="card-score")
-        if ranks:
-            yield Static(ranks, classes="card-ranks")
+        line = ranks_line(r)
+        if line:
+            # two rows (it wraps): all five models' ranks fit without being cut off
+            yield Static(line, classes="card-ranks")
+
+    def on_focus(self) -> None:
+        self.post_message(self.Focused(self))
 
     def key_enter(self) -> None:
         self.post_message(self.Selected(self.result))
@@ -73,3 +80,24 @@ class ListingCard(Vertical, can_focus=True):
     def on_click(self) -> None:
         self.focus()
         self.post_message(self.Selected(self.result))
+
+
+def price_and_shop(r: dict) -> str:
+    price = r.get("price")
+    text = f"{price:,.2f}" if isinstance(price, (int, float)) else str(price or "-")
+    if r.get("currency"):
+        text += f" {r['currency']}"
+    shop = r.get("shop") or (f"shop {r['shop_id']}" if r.get("shop_id") else "?")
+    return f"{text} · {fmt.shorten(shop, 24)}"
+
+
+def ranks_line(r: dict) -> str:
+    """How many models agree and each one's rank (same item: each model's score)."""
+    models = r.get("models") or {}
+    if models:
+        agree = r.get("agree") or len(models)
+        return f"{agree} agree: " + " ".join(
+            f"{SHORT.get(name, name[:6])}#{m.get('rank')}" for name, m in sorted(models.items())
+            if isinstance(m, dict) and m.get("rank"))
+    scores = r.get("scores") or {}
+    return " ".join(f"{SHORT.get(name, name[:6])} {v:.2f}" for name, v in sorted(scores.items()))

@@ -56,17 +56,30 @@ def _say(text: str) -> None:
 def cmd_stop(args) -> int:
     from pipeline.core.locks import lock_holders, writer_pid
     from pipeline.core.root import Root
-    from pipeline.core.stage import PIPELINE_ORDER, spec
+    from pipeline.core.stage import PIPELINE_ORDER, STOP_ALL_KEEPS, spec
     from pipeline.core.stage_observe import is_live, stage_status
     from pipeline.core.stage_control import request_stop, signal_ladder, wait_stopped
 
-    root = Root.open(args.root)
-    names = [n for n in PIPELINE_ORDER if is_live(stage_status(root, n))] if args.all else [args.stage]
+    if args.everything and not args.all:
+        raise UserError("--everything goes with --all")
     if not args.all and not args.stage:
         raise UserError("name a stage to stop, or --all")
-    if args.all and not names:
-        print("no stage is running")
-        return 0
+    if args.all and args.stage:
+        raise UserError(f"name a stage or --all, not both (got {args.stage!r} and --all)")
+    root = Root.open(args.root)
+    names = [args.stage]
+    if args.all:
+        live = [n for n in PIPELINE_ORDER if is_live(stage_status(root, n))]
+        kept = [n for n in live if n in STOP_ALL_KEEPS and not args.everything]
+        names = [n for n in live if n not in kept]
+        if names:
+            print(f"stop --all stops, in this order: {', '.join(names)}")
+        for name in kept:
+            print(f"{name}: left running, {STOP_ALL_KEEPS[name]} "
+                  f"(`imageselector stop {name}` or --all --everything stops it)")
+        if not names:
+            print("no stage is running" if not kept else "no other stage is running")
+            return 0
     wait = args.wait or args.force
     timeout = args.timeout if args.timeout is not None else root.config.get("stage.stop_wait_s")
     code = 0
@@ -163,6 +176,8 @@ def cmd_resume(args) -> int:
 
 
 def register(sub) -> None:
+    from pipeline.core.stage import STOP_ALL_KEEPS
+
     p = sub.add_parser("run", help="run a stage in the foreground",
                        description="Run a stage in the foreground. Stage flags follow the name "
                                    "(`imageselector run STAGE --help`).")
@@ -180,7 +195,11 @@ def register(sub) -> None:
     p = sub.add_parser("stop", help="stop a stage by its kill file (signals only with --force)")
     add_root_argument(p)
     p.add_argument("stage", nargs="?")
-    p.add_argument("--all", action="store_true", help="every running stage, in pipeline order")
+    p.add_argument("--all", action="store_true",
+                   help="every running stage, in pipeline order, except what stop all leaves "
+                        "running (" + ", ".join(STOP_ALL_KEEPS) + ")")
+    p.add_argument("--everything", action="store_true",
+                   help="with --all: stop " + ", ".join(STOP_ALL_KEEPS) + " too")
     p.add_argument("--wait", action="store_true", help="wait until it has exited")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait (default stage.stop_wait_s)")
     p.add_argument("--force", action="store_true",

@@ -40,6 +40,8 @@ class Cron:
         return dom or dow  # cron: both restricted -> either matches
 
 
+# pure, and a Cron is frozen: the status snapshot parses every job's cron on each refresh
+@functools.lru_cache(maxsize=512)
 def parse_cron(text: str) -> Cron:
     expr = ALIASES.get(text.strip(), text.strip())
     parts = expr.split()

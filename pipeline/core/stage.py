@@ -82,6 +82,13 @@ PIPELINE_ORDER = ["sync", "download", "orchestrate", "tar", "primary", "backup",
                   "worker", "etsy-api"]
 PAUSABLE = [name for name in PIPELINE_ORDER if STAGES[name].pause_tag]
 
+# What "stop all" (`imageselector stop --all` and the console's A) leaves running unless asked,
+# and why: the sandbox's local Etsy API serves sync's requests and the image URLs stored in
+# the DB, so stopping "everything" must not take it away (naming it stops it).
+STOP_ALL_KEEPS: dict[str, str] = {
+    "etsy-api": "the sandbox's local Etsy API, which sync and download need",
+}
+
 
 def spec(name: str) -> StageSpec:
     from pipeline.core.errors import UserError
