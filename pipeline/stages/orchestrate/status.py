@@ -109,7 +109,10 @@ def workers_status(root, timeout_s: float | None = None, now: float | None = Non
                 looks[h.name] = {"stage_state": "running" if seen.get("state") == "running" else "stopped",
                                  "pid": seen.get("pid"), "info": {"batch": seen.get("in_hand")},
                                  "error": None}
-    workers_to_look = [h for h in workers if h.local or (look and not h.ray)]
+    for h in workers:
+        if h.local:
+            look_at(h)                        # a file read: a thread would cost more than it
+    workers_to_look = [h for h in workers if look and not h.local and not h.ray]
     threads = [threading.Thread(target=look_at, args=(h,), daemon=True) for h in workers_to_look]
     for t in threads:
         t.start()
