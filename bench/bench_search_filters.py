@@ -68,12 +68,15 @@ def filtered_case(base: Path, rows: int, nq: int, seed: int) -> None:
     print("|---|---|---|---|---|---|---|")
     for frac in (1.0, 0.5, 0.05, 0.001):
         keep = None
-        for label, exact_rows in (("default", None), ("selector", 0), ("exact rows", 10**12)):
+        for label, exact_rows, widen in (("default", None, None), ("selector", 0, None),
+                                         ("selector, no widening", 0, 1), ("exact rows", 10**12, None)):
             if frac == 1.0 and label != "default":
                 continue
             st = SearchSettings(index_type="IVF{nlist},PQ{pq}x4fs", index_min_rows=0, nprobe=64)
             if exact_rows is not None:
                 st.filter_exact_rows = exact_rows
+            if widen is not None:
+                st.filter_widen_max = widen
             eng = SearchEngine(base, st)
             eng.refresh()
             assert set(eng.cross) == set(FIVE), eng.cross_warnings

@@ -345,8 +345,11 @@ class SearchEngine:
     # ---- cross-shard search index: candidates, then exact scores -------------------
     def _cross_candidates(self, model: str, q: np.ndarray, want: int, rows_ok=None) -> np.ndarray:
         cross = self.cross[model]
-        params = None if rows_ok is None else rows_ok.params(
-            cross.index, 0, cross.rows, self.settings.nprobe, self.settings.ef_search)
+        params = None
+        if rows_ok is not None:
+            params = rows_ok.params(cross.index, 0, cross.rows, self.settings.nprobe,
+                                    self.settings.ef_search)
+            want = rows_ok.widened(want, self.settings.filter_widen_max)
         _scores, rows = cross.index.search(q, min(want, cross.rows), params=params)
         return np.unique(rows[rows >= 0])
 
@@ -393,6 +396,8 @@ class SearchEngine:
                 want = max(self.settings.rerank, depth) if not flat and self.settings.rerank > 0 else depth
                 params = None if rows_ok is None else rows_ok.params(
                     index, g0, ls.rows, self.settings.nprobe, self.settings.ef_search)
+                if rows_ok is not None and not flat:
+                    want = rows_ok.widened(want, self.settings.filter_widen_max)
                 s, r = index.search(q, min(want, ls.rows), params=params)
                 keep = r[0] >= 0
                 rows, scores = r[0][keep], s[0][keep]

@@ -9,8 +9,11 @@ How a filtered query is searched (SearchEngine.search_vectors with ``rows``):
   among passing rows only; an IVF index probes nprobe / (fraction passing) lists (up to all
   of them), so about as many passing rows are scanned as an unfiltered search scans rows;
   the candidates are then re-scored exactly as usual.
-No over-fetching: k results come back whenever k passing listings exist (the engine widens
-its depth when one-per-listing eats candidates, up to the number of passing rows).
+  With a selector, min(1/fraction, ``search.filter_widen_max``) times more candidates are
+  re-scored exactly: the compressed codes order the passing near-ties badly (recall at 5%
+  passing was 0.33 with the plain depth), and exact scores of a few hundred more rows are cheap.
+k results come back whenever k passing listings exist (the engine widens its depth when
+one-per-listing eats candidates, up to the number of passing rows).
 
 The row -> listing mapping is built once per loaded index generation (np.unique of the ids);
 a filter then costs a gather over the rows (bench/bench_search_filters.py)."""
@@ -25,6 +28,13 @@ class RowFilter:
         self.count = int(self.mask.sum())
         self._rows = None
         self._params: dict = {}
+
+    def widened(self, want: int, max_factor: float) -> int:
+        """How many candidates to re-score exactly when this filter selects the rows: ``want``
+        times 1/fraction passing, at most ``max_factor`` times, never more than pass."""
+        frac = self.count / max(len(self.mask), 1)
+        factor = min(float(max_factor), 1.0 / max(frac, 1e-9))
+        return int(max(want, min(self.count, np.ceil(want * max(factor, 1.0)))))
 
     def rows(self) -> np.ndarray:
         """The passing global rows, ascending."""

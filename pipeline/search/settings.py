@@ -29,6 +29,7 @@ class SearchSettings:
     index_max_lag: int
     share_candidates: bool
     filter_exact_rows: int
+    filter_widen_max: float
     same_item_min_score: float
     same_item_scores: dict
     same_item_depth: int
