@@ -17,7 +17,7 @@ from console.app import ConsoleApp
 from console.history import QueueHistory
 from console.panel_feed import running_rates
 from console.widgets.backups_panel import BackupsTable, target_rows
-from console.widgets.queues_panel import QueuesPanel
+from console.widgets.queues_panel import QueuesPanel, running_text
 from console.widgets.stages_panel import StagesTable, table_row
 from imageselector.commands.backup import backup_lines
 from pipeline.core.db import open_db, set_image_state, transaction
@@ -71,6 +71,8 @@ def test_a_paused_or_stopped_stage_shows_no_rate_and_rates_are_per_minute():
     # each running stage that moves images, summed over hosts; a running one without a rate
     # is there (idle), a paused or stopped one is not
     assert running_rates(rows) == {"sync": 0.5, "orchestrate": None, "worker": 3.0}
+    # a stage at work without a rate yet is not called idle beside its busy row
+    assert running_text({"worker": None, "sync": 0.0}) == "running: worker no rate yet · sync idle"
 
 
 def test_queue_flows_use_one_unit_and_agree_with_the_running_line():

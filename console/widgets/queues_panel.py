@@ -60,7 +60,10 @@ def running_text(running: dict[str, float | None]) -> str:
     """The stages that move images and run now, with their rates (one unit: per minute)."""
     if not running:
         return "running: no stage that moves images"
-    return "running: " + " · ".join(f"{name} {fmt.per_minute(rate)}" if rate else f"{name} idle"
+    # None: running without a rate yet (a worker on its first batch): not "idle", which would
+    # contradict its busy row; 0: running and moving nothing
+    return "running: " + " · ".join(f"{name} {fmt.per_minute(rate)}" if rate
+                                    else f"{name} {'no rate yet' if rate is None else 'idle'}"
                                     for name, rate in running.items())
 
 
