@@ -7,32 +7,22 @@ imported once. The cluster is started once for the module (Ray's start-up is the
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests import models_support  # noqa: F401 - sets $U2NET_HOME before the nodes start
 from tests.orchestrate_support import (add_downloaded, assert_indexed_once, batches, db_root,
                                        in_thread, run_orchestrator, write_hosts)
+from tests.ray_support import RAY_ENV, REPO, Cluster, ours
 from tests.support import wait_for
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.timeout(420)
 
-REPO = Path(__file__).resolve().parent.parent
-MARK = "IMAGESELECTOR_TEST_RAY_CLUSTER"
-# nothing beyond loopback, no usage report; node deaths noticed in seconds, not half a minute
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_health_check_initial_delay_ms": "0",
-           "RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "1000",
-           "RAY_health_check_failure_threshold": "3", "RAY_BACKEND_LOG_LEVEL": "warning"}
 MODELS = """
 [models]
 profile = "test"
@@ -45,83 +35,6 @@ prefetch_images = 4
 """
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _ours(marker: str) -> list[psutil.Process]:
-    """Every process of this cluster: they all inherit the marker from `ray start`."""
-    found = []
-    for p in psutil.process_iter(["pid", "uids"]):
-        try:
-            if p.uids().real == os.getuid() and p.environ().get(MARK) == marker:
-                found.append(p)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
-class Cluster:
-    def __init__(self, base: Path):
-        self.marker = uuid.uuid4().hex
-        self.hold = base / "hold"
-        self.hold.mkdir()
-        self.temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))   # short: unix sockets
-        self.ray = str(Path(sys.executable).with_name("ray"))
-        (self.port,) = _free_ports(1)
-        self.address = f"127.0.0.1:{self.port}"
-
-    def _start(self, args: list[str], extra_env: dict) -> None:
-        env = dict(os.environ, **RAY_ENV, **extra_env)
-        env[MARK] = self.marker
-        nm, om, al, ag, me, re_ = _free_ports(6)     # two nodes on one machine: no defaults
-        cmd = [self.ray, "start", *args, "--num-cpus=1", "--num-gpus=0",
-               "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp}",
-               "--object-store-memory=80000000", "--disable-usage-stats",
-               f"--node-manager-port={nm}", f"--object-manager-port={om}",
-               f"--dashboard-agent-listen-port={al}", f"--dashboard-agent-grpc-port={ag}",
-               f"--metrics-export-port={me}", f"--runtime-env-agent-port={re_}"]
-        out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
-        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-
-    def start(self) -> None:
-        self._start(["--head", f"--port={self.port}", "--include-dashboard=false"], {})
-        # the second node: its actor waits on the hold file, so a test can kill it mid-batch
-        self._start([f"--address={self.address}"], {"IMAGESELECTOR_RAY_TEST_HOLD": str(self.hold)})
-
-    def second_raylet(self) -> psutil.Process:
-        for p in _ours(self.marker):
-            try:
-                if p.name() == "raylet" and p.environ().get("IMAGESELECTOR_RAY_TEST_HOLD"):
-                    return p
-            except psutil.Error:
-                continue
-        raise AssertionError("the second node's raylet is not running")
-
-    def stop(self) -> None:
-        procs = _ours(self.marker)
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGTERM)
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=5)
-        subprocess.run(["rm", "-rf", str(self.temp)], check=False)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("ray"))
@@ -130,7 +43,7 @@ def cluster(tmp_path_factory):
         yield c
     finally:
         c.stop()
-    assert _ours(c.marker) == [], "a process of the test cluster is still running"
+    assert ours(c.marker) == [], "a process of the test cluster is still running"
 
 
 def _ray_root(path: Path, cluster: Cluster, n_images: int, actors: int = 2, lease_s: float = 600.0):
@@ -171,6 +84,7 @@ CHILD = """
 import sys, time, pathlib
 from pipeline.core.root import Root
 from pipeline.stages.orchestrate import intake
+from tests.ray_support import RAY_ENV, REPO, Cluster, ours
 from tests.orchestrate_support import run_orchestrator
 
 marker = pathlib.Path(sys.argv[2])
@@ -206,6 +120,67 @@ def test_the_orchestrator_killed_mid_import_imports_nothing_twice(tmp_path, clus
     _imported_once(root, keys)
     spool = root.run_dir / "orchestrate"                          # nothing left half-done
     assert [p for p in spool.rglob("*") if p.is_file() and "manifests" not in p.parts] == []
+
+
+def test_reembed_on_the_cluster_switches_the_same_column_as_in_process(tmp_path, cluster):
+    """`reembed MODEL --workers cloud`: the slices run on the cluster's actors, this process
+    writes them; the column equals the model run here on the tarred images."""
+    from imageselector.commands.reembed import make_route, slice_loader
+    from pipeline.core.db import connect
+    from pipeline.index import verify
+    from pipeline.reembed.run import reembed
+    from tests.reembed_support import (MODEL, assert_column, build_root, column_embedder,
+                                        expected_vectors)
+
+    for f in cluster.hold.glob("*"):
+        f.unlink()
+    root = build_root(tmp_path / "root")
+    write_hosts(root, f'[workers.cloud]\nkind = "ray"\naddress = "{cluster.address}"\n'
+                      f"actors = 1\nnum_cpus = 1\n")     # one actor: one model load
+    conn = connect(root.db_path)
+    route = make_route(root, MODEL, "ray", 4)
+    summary = reembed(root, conn, MODEL, route, slice_loader(root, conn, False))
+    assert summary["state"] == "switched" and summary["route"] == "ray"
+    assert summary["slices"] == 6 and route.retried == 0
+    assert verify(root, conn)[0] == []
+    assert_column(root, conn, expected_vectors(root, column_embedder()))
+    conn.close()
+
+
+def test_a_graceful_stop_lets_the_batch_on_an_actor_finish_and_imports_it(tmp_path, cluster):
+    """KILL_ORCH (here: the loop's checkpoint) while a batch is in an actor's hands: the
+    orchestrator waits for it (ray_drain.py) and imports it; the batches not started go back
+    to the queue at once; no batch is left leased and no image is lost."""
+    import threading
+
+    from pipeline.core import db as dbm
+
+    (cluster.hold / "hold").write_text("hold")
+    for f in cluster.hold.glob("*.held"):
+        f.unlink()
+    root, keys = _ray_root(tmp_path / "root", cluster, 8)
+    stop = threading.Event()
+    run = in_thread(run_orchestrator, root, once=False, timeout_s=300, stop=stop)
+    wait_for(lambda: any(cluster.hold.glob("*.held")), timeout=240)
+    held = sorted(p.name[:-5] for p in cluster.hold.glob("*.held"))
+    stop.set()                                 # graceful stop with a batch in hand
+    time.sleep(1.0)
+    (cluster.hold / "hold").unlink()           # ... which then finishes
+    orch = run.result(timeout=240)
+    assert orch.exit_code == 0
+    from pipeline.stages.orchestrate.ledger import ACTIVE, parse_name
+
+    rows = {r[0]: r for r in batches(root)}
+    for name in held:
+        assert rows[parse_name(name)[0]][2] == "imported"
+    assert not [r for r in rows.values() if r[2] in ACTIVE]       # nothing left leased
+    conn = dbm.open_db(root)
+    states = dict(((a, b), s) for a, b, s in conn.execute(
+        "SELECT listing_id, image_id, state FROM image_status"))
+    conn.close()
+    embedded = [k for k in keys if states[k] == "embedded"]
+    assert set(states.values()) <= {"embedded", "downloaded"} and embedded
+    assert_indexed_once(root, embedded)
 
 
 def test_a_node_killed_mid_batch_its_batch_runs_elsewhere_once(tmp_path, cluster):

@@ -54,11 +54,14 @@ def _extend_image_index(shard: Shard, rec: dict | None, durable: bool, repair: b
     if done == total and actual == size and rec is not None:
         return rec
     base = size - len(_TAIL) if done else 0
-    mode = "r+b" if path.exists() and base > 0 else "wb"
+    fresh = not (path.exists() and base > 0)
     # No truncate before writing: new rows overwrite the old tail from `base`, so a kill at
     # any moment leaves the file at least as long as recorded (behind, never "damaged"),
-    # and the next update rewrites from `base` again.
-    with open(path, mode) as fh:
+    # and the next update rewrites from `base` again. Written from the start (a re-embedded
+    # column switched on rewrites every hash), it is a new file renamed over the old one,
+    # so a reader or a backup copy never sees half of it.
+    target = path.with_name(f".{path.name}.tmp") if fresh else path
+    with open(target, "wb" if fresh else "r+b") as fh:
         fh.seek(base)
         chunks = []
         g0 = shard.first_global_row
@@ -78,6 +81,10 @@ def _extend_image_index(shard: Shard, rec: dict | None, durable: bool, repair: b
         if durable:
             os.fsync(fh.fileno())
         size = fh.tell()
+    if fresh:
+        os.replace(target, path)
+        if durable:
+            fsync_dir(path.parent)
     return {"rows": total, "size": size}
 
 
@@ -179,6 +186,12 @@ def refresh(shard: Shard, index_types: dict[str, str], train_rows: int = 100_000
     files = dict(state.get("files", {}))
     if force:
         files = {}
+    columns = shard.column_ids()
+    before = state.get("columns", {})
+    switched = {v for v in set(columns) | set(before) if columns.get(v) != before.get(v)}
+    if switched:  # a re-embedded column switched on: its files and the hashes are rebuilt
+        for name in [*switched, "image_index.json"]:
+            files.pop(name, None)
     for model in shard.order:
         kind = normalise_type(index_types.get(model))
         rec = files.get(model)
@@ -195,6 +208,8 @@ def refresh(shard: Shard, index_types: dict[str, str], train_rows: int = 100_000
     rows = {f.get("rows") for f in files.values()}
     new_state = {"rows": shard.rows if rows == {shard.rows} else min(rows), "files": files,
                  "manifest_bytes": shard.manifest_bytes}
+    if columns:
+        new_state["columns"] = columns
     if new_state != state:
         shard.write_derived_state(new_state, durable)
     return new_state
@@ -203,7 +218,7 @@ def refresh(shard: Shard, index_types: dict[str, str], train_rows: int = 100_000
 def is_current(shard: Shard, state: dict | None = None) -> bool:
     state = state if state is not None else shard.derived_state()
     files = state.get("files", {})
-    if state.get("rows") != shard.rows:
+    if state.get("rows") != shard.rows or state.get("columns", {}) != shard.column_ids():
         return False
     for name in [*shard.order, "image_index.json"]:
         rec = files.get(name)

@@ -10,6 +10,7 @@ import numpy as np
 
 from pipeline.core.errors import UserError
 from pipeline.core.fsutil import atomic_write_bytes, fsync_dir
+from pipeline.index import columns as cols
 from pipeline.index import manifest as mf
 from pipeline.index import parts as pt
 
@@ -55,6 +56,8 @@ class Shard:
         self.entries: list[dict] = []
         self.slices: list[BatchSlice] = []
         self.manifest_bytes = 0
+        self.columns: dict[str, cols.Column] = {}   # re-embedded vectors (index/columns.py)
+        self._column_fingerprint: str | None = None
 
     # ---- files ------------------------------------------------------------------
     @property
@@ -100,6 +103,7 @@ class Shard:
             self.slices.append(BatchSlice(seq, e["batch_id"], e["start"], e["n"], e["offset"],
                                           e["total"], e["fingerprint"], e))
             row += e["n"]
+        self.columns, self._column_fingerprint = cols.for_shard(self.path.parent, self.number)
         if repair:
             self._remove_orphans()
         return self
@@ -151,7 +155,11 @@ class Shard:
 
     @property
     def fingerprint(self) -> str:
-        return self.header["fingerprint"]
+        return self._column_fingerprint or self.header["fingerprint"]
+
+    def column_ids(self) -> dict[str, str]:
+        """{vector: column id} of the re-embedded columns in force (derived files follow)."""
+        return {v: c.column_id for v, c in sorted(self.columns.items())}
 
     @property
     def rows(self) -> int:
@@ -166,8 +174,12 @@ class Shard:
 
     # ---- parts ------------------------------------------------------------------
     def part_file(self, s: BatchSlice, name: str) -> Path:
-        """The part's path: the manifest line's ``"files"`` entry when it names one (an
-        adopted shard's ``.flat.faiss`` parts), else ``bSSSSSS.<name>.npy``."""
+        """The part's path: a committed re-embedded column's file for this slice, else the
+        manifest line's ``"files"`` entry when it names one (an adopted shard's
+        ``.flat.faiss`` parts), else ``bSSSSSS.<name>.npy``."""
+        column = self.columns.get(name)
+        if column is not None and s.seq in column.slices:
+            return column.vector_file(s.seq)
         named = (s.entry.get("files") or {}).get(name)
         if named is None:
             return pt.part_path(self.parts_dir, s.seq, name)
@@ -179,6 +191,8 @@ class Shard:
     def part(self, s: BatchSlice, name: str, mmap: bool = True) -> np.ndarray:
         path = self.part_file(s, name)
         try:
+            if name == "hashes":
+                return self._hashes_with_columns(s, pt.read_array(path, mmap=mmap))
             return pt.read_array(path, mmap=mmap)
         except FileNotFoundError:
             raise UserError(f"{self.path.name}: part {path.name} named by manifest line "
@@ -186,6 +200,25 @@ class Shard:
         except ValueError as exc:
             raise UserError(f"{self.path.name}: part {path.name} named by manifest line "
                             f"{s.seq} is unreadable ({exc})") from None
+
+    def _hashes_with_columns(self, s: BatchSlice, hashes: np.ndarray) -> np.ndarray:
+        """The slice's hash part with each re-embedded column's hashes in its place."""
+        swaps = [(j, c) for j, m in enumerate(self.order)
+                 if (c := self.columns.get(m)) is not None and s.seq in c.slices]
+        if not swaps:
+            return hashes
+        hashes = np.array(hashes)
+        for j, c in swaps:
+            try:
+                col = pt.read_array(c.hash_file(s.seq), mmap=False)
+            except FileNotFoundError:
+                raise UserError(f"{self.path.name}: re-embedded column {c.column_id} has no "
+                                f"{c.hash_file(s.seq).name} for manifest line {s.seq}") from None
+            if hashes.ndim != 2 or col.shape != (hashes.shape[0],):
+                raise ValueError(f"column file {c.hash_file(s.seq).name} has shape {col.shape}, "
+                                 f"the slice {hashes.shape[:1]}")
+            hashes[:, j] = col
+        return hashes
 
     def ids(self) -> np.ndarray:
         if not self.slices:
@@ -224,7 +257,7 @@ class Shard:
 
     def signature(self) -> tuple:
         """Changes whenever a commit or a derived-file update lands (readers poll this)."""
-        sig = []
+        sig = [cols.signature(self.path.parent)]
         for p in (self.manifest_path, self.derived_path):
             try:
                 st = p.stat()

@@ -12,7 +12,8 @@ from typing import Callable
 
 from pipeline.core.plugins import Registered, StageRegistry
 
-_registry = StageRegistry("status section", "status")
+# pipeline.reembed is a command's package, not a stage: its section is registered here
+_registry = StageRegistry("status section", "status", ("pipeline.reembed.status",))
 
 
 def status_provider(section: str, order: int = 100) -> Callable[[Callable], Callable]:

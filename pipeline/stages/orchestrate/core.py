@@ -26,13 +26,14 @@ from pipeline.stages.orchestrate import ledger as lg
 from pipeline.stages.orchestrate.batches import BatchesMixin
 from pipeline.stages.orchestrate.files import STARTED_FILE, flush_path, spool_dir
 from pipeline.stages.orchestrate.links import CONNECTING, ERROR, OK, UNREACHABLE, Event, WorkerLink
+from pipeline.stages.orchestrate.ray_drain import RayDrainMixin
 from pipeline.stages.orchestrate.results import ResultsMixin
 from pipeline.stages.orchestrate.settings import OrchestrateSettings
 from pipeline.stages.orchestrate.state import Flight, Worker, _named
 from pipeline.stages.orchestrate.workers import WorkersMixin
 
 
-class Orchestrator(WorkersMixin, BatchesMixin, ResultsMixin):
+class Orchestrator(WorkersMixin, BatchesMixin, ResultsMixin, RayDrainMixin):
     def __init__(self, root, conn, settings: OrchestrateSettings, log: logging.Logger | None = None,
                  once: bool = False, checkpoint=lambda: True, report=None, store=None,
                  floor=None):
@@ -169,6 +170,8 @@ class Orchestrator(WorkersMixin, BatchesMixin, ResultsMixin):
                 self._publish()
                 if self.once and self._once_done():
                     break
+            else:
+                self._drain_ray()       # a graceful stop: batches on Ray actors (ray_drain.py)
         finally:
             self.shutdown()
         return self.exit_code
@@ -247,6 +250,8 @@ class Orchestrator(WorkersMixin, BatchesMixin, ResultsMixin):
         elif ev.kind == "stopped_worker":
             w.started_by_us = False
             self._save_started()
+        elif ev.kind == "drained":
+            self._on_drained(w, d)
         elif ev.kind in ("cleaned", "dropped", "kill_cleared"):
             pass
 

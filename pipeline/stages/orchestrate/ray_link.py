@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.core import raycluster
 from pipeline.core.fsutil import fsync_dir
 from pipeline.stages.orchestrate.links import (OK, OpFailed, ShipOrder, WorkerLink,
                                                install_result, write_batch_tar)
@@ -35,7 +36,6 @@ from remote.errors import RemoteError
 
 PER_ACTOR = 2          # batches an actor holds: one running, the next already on its node
 MAX_TRIES = 3          # actor deaths a batch survives before the link lets it go
-NAMESPACE = "imageselector"
 
 
 class RayUnavailable(RemoteError):
@@ -105,23 +105,17 @@ class RayLink(WorkerLink):
                 "nodes": len({s.node for s in slots if s.node}),
                 "gpus_per_actor": self.spec.num_gpus, "cpus_per_actor": self.spec.num_cpus,
                 "queued": len(self.waiting), "running": len(self.running),
-                "retried": self.retried, "address": self.spec.address}
+                "retried": self.retried, "address": self.spec.address,
+                "stopping": self.stopped}
 
     # ---- connection and actors ------------------------------------------------------------
     def _connect(self) -> None:
         if self.connected:
             return
         try:
-            import ray
-        except ImportError:
-            raise RayUnavailable(f"{self.name}: ray is not installed here "
-                                 f"(pip install ray)") from None
-        try:
-            ray.init(address=self.spec.address, namespace=NAMESPACE, log_to_driver=False,
-                     logging_level="WARNING", configure_logging=False)
-        except Exception as exc:
-            raise RayUnavailable(f"{self.name}: cannot reach the Ray cluster at "
-                                 f"{self.spec.address}: {exc}") from None
+            raycluster.connect(self.spec.address, self.name)
+        except raycluster.RayUnavailableError as exc:
+            raise RayUnavailable(str(exc)) from None
         self.connected = True
         self.log.info("%s: connected to the Ray cluster at %s", self.name, self.spec.address)
 
@@ -163,7 +157,7 @@ class RayLink(WorkerLink):
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-        lost_errors = _lost_errors()
+        lost_errors = raycluster.lost_errors()
         readies = {s.ready_ref: s for s in self.slots if not s.ready and not s.dead}
         if readies:
             done, _ = ray.wait(list(readies), num_returns=len(readies), timeout=0)
@@ -178,7 +172,7 @@ class RayLink(WorkerLink):
                 except RayTaskError as exc:   # the models cannot be built there: stop here
                     slot.dead = True
                     raise OpFailed(f"{self.name}: a model actor cannot start: "
-                                   f"{_last_line(exc)}") from None
+                                   f"{raycluster.last_line(exc)}") from None
         if not self.running:
             return
         done, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
@@ -198,7 +192,7 @@ class RayLink(WorkerLink):
             except RayTaskError as exc:
                 # the batch itself failed there: let it go (the main loop gives it back)
                 self.log.error("%s: batch %s failed on its actor: %s", self.name, job.name,
-                               _last_line(exc))
+                               raycluster.last_line(exc))
                 continue
             self._store_result(job.name, out)
 
@@ -207,7 +201,7 @@ class RayLink(WorkerLink):
             return
         slot.dead = True
         self.log.warning("%s: model actor on node %s lost (%s); a new one replaces it",
-                         self.name, (slot.node or "?")[:12], _last_line(exc))
+                         self.name, (slot.node or "?")[:12], raycluster.last_line(exc))
         try:
             import ray
 
@@ -224,7 +218,7 @@ class RayLink(WorkerLink):
             return
         self.retried += 1
         self.log.warning("%s: batch %s goes to another actor (%s)", self.name, job.name,
-                         _last_line(why))
+                         raycluster.last_line(why))
         self.waiting.appendleft(job)
 
     def _store_result(self, name: str, out: dict) -> None:
@@ -349,6 +343,16 @@ class RayLink(WorkerLink):
         self._release_idle()
         self._emit("stopped_worker")
 
+    def _op_drain(self, key: str) -> None:
+        """The orchestrator stops gracefully (ray_drain.py): nothing new starts; the batches
+        queued here, not yet on an actor, are handed back; those running finish."""
+        self.stopped = True
+        dropped = [j.name for j in self.waiting]
+        self.waiting.clear()
+        if self.connected:
+            self._release_idle()
+        self._emit("drained", dropped=dropped, running=[j.name for j in self.running.values()])
+
     def _release_idle(self) -> None:
         import ray
 
@@ -365,17 +369,3 @@ class RayLink(WorkerLink):
         self._emit("kill_cleared", removed=False)
         self.poll_soon()
 
-
-def _lost_errors() -> tuple:
-    """Ray's errors that mean "the actor or its node is gone" (not the batch's fault)."""
-    from ray import exceptions as rx
-
-    names = ("ActorDiedError", "ActorUnavailableError", "RayActorError", "NodeDiedError",
-             "WorkerCrashedError", "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError",
-             "ActorUnschedulableError")
-    return tuple(getattr(rx, n) for n in names if hasattr(rx, n))
-
-
-def _last_line(exc) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1][:300] if text else type(exc).__name__

@@ -29,6 +29,7 @@ class OrchestrateSettings:
     implicit_local_worker: bool
     status_timeout_s: float
     stale_after_s: float              # a worker heartbeat older is stale
+    ray_drain_s: float                # a graceful stop waits this long for Ray batches
 
     @classmethod
     def from_config(cls, config, **overrides) -> "OrchestrateSettings":

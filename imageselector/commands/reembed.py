@@ -1,0 +1,129 @@
+"""reembed MODEL [--workers local|ray|NAME]: one model's vectors computed again for the whole
+index (pipeline/reembed/). The images come from the tars by offset (loose files for the
+newest, not yet tarred), the listing texts from the DB; both are read here and handed to the
+re-embed loop, which imports no stage."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+
+from imageselector.cli import add_root_argument
+
+
+def slice_loader(root, conn, text_needed: bool):
+    """``load(work) -> (images, texts, labels)`` for the re-embed loop."""
+    from pipeline.stages.archive.tarindex import read_image
+    from pipeline.stages.archive.tarmembers import TarError
+    from pipeline.stages.orchestrate.ledger import text_for
+    from pipeline.core.errors import UserError
+
+    def load(work):
+        pairs = [(int(a), int(b)) for a, b in work.ids.tolist()]
+        images = []
+        for lid, iid in pairs:
+            try:
+                images.append(read_image(root, conn, lid, iid))
+            except (OSError, TarError) as exc:
+                raise UserError(f"image {lid}_{iid} (shard {work.shard.number}, batch line "
+                                f"{work.slice.seq}): cannot be read: {exc}") from None
+        texts = None
+        if text_needed:
+            listing = sorted({lid for lid, _ in pairs})
+            known = {}
+            for lo in range(0, len(listing), 500):
+                chunk = listing[lo:lo + 500]
+                marks = ",".join("?" * len(chunk))
+                for lid, title, materials in conn.execute(
+                        f"SELECT listing_id, title, materials FROM listings_static "
+                        f"WHERE listing_id IN ({marks})", chunk):
+                    known[lid] = text_for(title, materials)
+            texts = [known.get(lid, text_for(None, None)) for lid, _ in pairs]
+        return images, texts, [f"{lid}_{iid}" for lid, iid in pairs]
+
+    return load
+
+
+def make_route(root, model: str, workers: str, batch_size: int | None):
+    """The compute: this process ("local"), or the Ray worker of hosts.toml named ``workers``
+    ("ray": the only one)."""
+    from pipeline.core.errors import UserError
+    from pipeline.models.batch_run import WorkerSettings
+    from pipeline.models.registry import ModelSettings
+
+    size = batch_size or WorkerSettings.from_config(root.config).batch_size
+    if workers == "local":
+        from pipeline.reembed.compute import ColumnEmbedder
+        from pipeline.reembed.run import LocalRoute
+
+        settings = ModelSettings.from_config(root.config, root_profile=root.profile)
+        return LocalRoute(ColumnEmbedder(settings, model, size))
+    from pipeline.core.hosts import worker_hosts
+
+    hosts, _ = worker_hosts(root, implicit_local=False, include_ray=True)
+    ray_hosts = hosts.ray
+    if workers == "ray":
+        if len(ray_hosts) != 1:
+            raise UserError(f"--workers ray: hosts.toml has {len(ray_hosts)} Ray workers "
+                            f"({', '.join(ray_hosts) or 'none'}); name one")
+        workers = next(iter(ray_hosts))
+    host = ray_hosts.get(workers)
+    if host is None:
+        raise UserError(f"--workers {workers}: no Ray worker of that name in hosts.toml "
+                        f"(Ray workers: {', '.join(ray_hosts) or 'none'}; or --workers local)")
+    from pipeline.models.batch_run import embedder_overrides
+    from pipeline.reembed.ray_route import RayRoute
+
+    return RayRoute(workers, host.ray, embedder_overrides(root.config), root.profile, model, size)
+
+
+def cmd_reembed(args) -> int:
+    from pipeline.core.db import open_db
+    from pipeline.core.root import Root
+    from pipeline.models.registry import get_spec
+    from pipeline.reembed.run import reembed
+
+    root = Root.open(args.root)
+    spec = get_spec(args.model)
+    conn = open_db(root)
+    stop = {"asked": False}
+
+    def ask_stop(signum, frame):
+        stop["asked"] = True
+        print("reembed: stopping after the slice in hand (run it again to resume)",
+              file=sys.stderr)
+
+    signal.signal(signal.SIGTERM, ask_stop)
+    signal.signal(signal.SIGINT, ask_stop)
+
+    def progress(work, done, total):
+        if not args.json:
+            print(f"reembed {args.model}: shard {work.shard.number} batch line "
+                  f"{work.slice.seq} done ({done}/{total})", flush=True)
+
+    route = make_route(root, args.model, args.workers, args.batch_size)
+    summary = reembed(root, conn, args.model, route, slice_loader(root, conn, spec.text),
+                      should_stop=lambda: stop["asked"], on_slice=progress)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    elif summary["state"] == "switched":
+        print(f"reembed {args.model}: column {summary['column_id']} switched on for search "
+              f"(fingerprint {summary['previous']} -> {summary['fingerprint_now']})")
+    else:
+        print(f"reembed {args.model}: stopped ({summary['slices']} slices this run); "
+              f"run the same command to resume")
+    return 0 if summary["state"] == "switched" else 3
+
+
+def register(sub) -> None:
+    p = sub.add_parser("reembed", help="compute one model's vectors again for the whole index "
+                                       "(resumable; switched on when every shard is done)")
+    add_root_argument(p)
+    p.add_argument("model", help="a model of the registry (imageselector models)")
+    p.add_argument("--workers", default="local",
+                   help="local (this process, default), ray (the Ray worker of hosts.toml), "
+                        "or a Ray worker's name")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per inference batch (default: worker.batch_size)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reembed)
