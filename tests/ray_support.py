@@ -19,7 +19,10 @@ MARK = "IMAGESELECTOR_TEST_RAY_CLUSTER"
 # nothing beyond loopback, no usage report; node deaths noticed in seconds, not half a minute
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_health_check_initial_delay_ms": "0",
            "RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "1000",
-           "RAY_health_check_failure_threshold": "3", "RAY_BACKEND_LOG_LEVEL": "warning"}
+           "RAY_health_check_failure_threshold": "3", "RAY_BACKEND_LOG_LEVEL": "warning",
+           # no token auth: Ray 2.5x+ turns it on when ~/.ray/auth_token exists (a local
+           # `ray.init()` anywhere on the machine writes one), and the nodes then refuse each other
+           "RAY_AUTH_MODE": "disabled"}
 
 
 

@@ -38,12 +38,30 @@ prefetch_images = 4
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("ray"))
+    # this process is the driver (the orchestrator and reembed run in it): the same auth mode
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = RAY_ENV["RAY_AUTH_MODE"]
     try:
         c.start()
         yield c
     finally:
+        _disconnect()
         c.stop()
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
     assert ours(c.marker) == [], "a process of the test cluster is still running"
+
+
+def _disconnect() -> None:
+    """This process's Ray driver (the orchestrator and reembed ran in it) goes with the
+    cluster: later tests fork this process, and a forked child of a live Ray/gRPC driver
+    can hang."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _ray_root(path: Path, cluster: Cluster, n_images: int, actors: int = 2, lease_s: float = 600.0):

@@ -103,9 +103,12 @@ def cmd_reembed(args) -> int:
 
     route = make_route(root, args.model, args.workers, args.batch_size)
     summary = reembed(root, conn, args.model, route, slice_loader(root, conn, spec.text),
-                      should_stop=lambda: stop["asked"], on_slice=progress)
+                      should_stop=lambda: stop["asked"], on_slice=progress, again=args.again)
     if args.json:
         print(json.dumps(summary, indent=1))
+    elif summary.get("already"):
+        print(f"reembed {args.model}: column {summary['column_id']} already holds these weights' "
+              f"vectors: nothing to do (--again computes a new column)")
     elif summary["state"] == "switched":
         print(f"reembed {args.model}: column {summary['column_id']} switched on for search "
               f"(fingerprint {summary['previous']} -> {summary['fingerprint_now']})")
@@ -125,5 +128,7 @@ def register(sub) -> None:
                         "or a Ray worker's name")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per inference batch (default: worker.batch_size)")
+    p.add_argument("--again", action="store_true",
+                   help="compute a new column even when the one in force has these weights")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_reembed)

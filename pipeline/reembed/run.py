@@ -26,7 +26,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.fsutil import try_flock
 from pipeline.index import columns as cols
 from pipeline.reembed.compute import vector_names
-from pipeline.reembed.job import Job, lock_path
+from pipeline.reembed.job import Job, job_path, lock_path
 
 log = logging.getLogger("imageselector.reembed")
 
@@ -72,10 +72,12 @@ class LocalRoute:
 
 def reembed(root, conn, model: str, route: Route, load: Callable,
             should_stop: Callable[[], bool] = lambda: False,
-            on_slice: Callable[[Work, int, int], None] | None = None) -> dict:
+            on_slice: Callable[[Work, int, int], None] | None = None, again: bool = False) -> dict:
     """Run (or resume) the re-embed of ``model``. ``load(work) -> (images, texts, labels)``
     reads a slice's images (bytes, in row order) and listing texts. Returns a summary with
-    ``state`` "switched" or "stopped"."""
+    ``state`` "switched" or "stopped". When the column in force for ``model`` already has
+    this route's fingerprint and no run is pending, nothing is computed (``already``): a
+    repeated command must not re-embed millions of images; ``again`` forces a new column."""
     from pipeline.index import IndexStore
 
     vectors = vector_names(model)
@@ -94,6 +96,15 @@ def reembed(root, conn, model: str, route: Route, load: Callable,
             raise UserError(f"reembed {model}: the index holds no {', '.join(missing)} vectors "
                             f"(models: {', '.join(order)})")
         fingerprint = route.fingerprint()
+        in_force = [e for e in cols.read_lines(base) if e.get("model") == model]
+        if (not again and not job_path(base, model).exists() and in_force
+                and in_force[-1].get("fingerprint") == fingerprint):
+            log.info("reembed %s: column %s already holds these weights' vectors: nothing to do",
+                     model, in_force[-1]["column_id"])
+            return {"model": model, "vectors": vectors, "column_id": in_force[-1]["column_id"],
+                    "fingerprint": fingerprint, "previous": in_force[-1].get("previous"),
+                    "route": route.name, "slices": 0, "rows": 0, "seconds": 0.0,
+                    "state": "switched", "already": True, "fingerprint_now": store.fingerprint}
         job = Job.load_or_start(base, model, vectors, fingerprint, log)
         summary = {"model": model, "vectors": vectors, "column_id": job.column_id,
                    "fingerprint": fingerprint, "previous": store.fingerprint, "route": route.name,

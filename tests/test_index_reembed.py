@@ -174,6 +174,13 @@ def test_reembed_killed_resumed_switches_once_every_shard_is_done(root, embedder
     assert _files_sha(root) == before            # no other model's file, no shard part changed
     assert not (root.embeddings_dir / f"reembed_{MODEL}.json").exists()
     assert reembed_progress(root.embeddings_dir) == []
+    # the same command again (the weights unchanged): nothing computed, nothing switched
+    repeat = reembed(root, conn, MODEL, LocalRoute(embedder), load)
+    assert repeat["already"] and repeat["slices"] == 0 and repeat["column_id"] == line["column_id"]
+    assert len(cols.read_lines(root.embeddings_dir)) == 1
+    forced = reembed(root, conn, MODEL, LocalRoute(embedder), load, again=True)
+    assert forced["state"] == "switched" and forced["column_id"] != line["column_id"]
+    assert len(cols.read_lines(root.embeddings_dir)) == 2 and verify(root, conn)[0] == []
     conn.close()
 
 
