@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
+from pathlib import Path
 
 import pytest
 
@@ -112,5 +113,15 @@ def test_pollers_show_an_unseen_ray_worker_and_no_reembed(tmp_path):
             await wait_until(pilot, lambda: app.pollers["reembed"].last_kind == "ok",
                              what="the reembed poll")
             assert text_of(app, "#queues-reembed") == ""
+
+            # its batches are the orchestrator's work: selecting it follows the orchestrator's log
+            orch_log = Path(app.row("local/orchestrate")["log"])
+            orch_log.parent.mkdir(parents=True, exist_ok=True)
+            orch_log.write_text("rented: connected to the Ray cluster at ray://127.0.0.1:10001\n")
+            table.focus()
+            table.move_cursor(row=table.keys().index("rented/worker"))
+            await wait_until(pilot, lambda: any("connected to the Ray cluster" in line.text for
+                                                line in app.query_one("#log-view").lines),
+                             what="the orchestrator's log under the Ray worker")
 
     asyncio.run(scenario())
