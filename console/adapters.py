@@ -250,6 +250,30 @@ def worker_hosts(root) -> list[dict]:
     return [{**h.as_dict(), "describe": h.describe()} for h in hosts if not h.local]
 
 
+def ray_workers(root, now: float) -> list[dict]:
+    """The Ray workers of hosts.toml as the running orchestrator last saw them (status's
+    workers rows with their ``ray`` view; no connection to the cluster from here)."""
+    from remote.errors import RemoteError
+    from remote.hosts import load_hosts
+
+    try:
+        if not load_hosts(root.hosts_path).ray:
+            return []
+    except RemoteError:
+        return []   # the hosts source shows a malformed hosts.toml
+    from pipeline.stages.orchestrate.status import workers_status
+
+    rows = workers_status(root, look=False, now=now)
+    return [w for w in rows if w.get("kind") == "ray"]
+
+
+def reembed_jobs(root, now: float) -> list[dict]:
+    """Re-embeds started and not yet switched on (`status`'s reembed section)."""
+    from pipeline.reembed.status import reembed_progress
+
+    return reembed_progress(root.embeddings_dir)
+
+
 def host_stages(root, host: dict, timeout_s: float) -> list[dict]:
     """The stages on a worker host, as rows shaped like pipeline.core.stage_observe.stage_status (with
     "host" set to the host's name). An unreachable host raises (the app shows its rows as
@@ -413,6 +437,8 @@ class Sources:
     runner_view: Callable = runner_view
     worker_hosts: Callable = worker_hosts
     host_stages: Callable = host_stages
+    ray_workers: Callable = ray_workers
+    reembed_jobs: Callable = reembed_jobs
     host_log_tail: Callable = host_log_tail
     start_remote: Callable = start_remote
     stop_remote: Callable = stop_remote

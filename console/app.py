@@ -91,6 +91,7 @@ class ConsoleApp(PollScheduler, PanelFeed, HostSources, LogFollow, BackgroundAct
         self.local_rows: list[dict] = []
         self.hosts: list[dict] = []
         self.host_rows: dict[str, list[dict]] = {}
+        self.ray_workers: list[dict] = []   # workers_status rows of kind "ray"
         self.hosts_message: str | None = None
         self.stopping: set[str] = set()      # rows whose kill file this console wrote
         self.last_refresh_at: float | None = None
@@ -156,6 +157,10 @@ class ConsoleApp(PollScheduler, PanelFeed, HostSources, LogFollow, BackgroundAct
         self._add_poller("locks", lambda: self.sources.lock_holders(self.root, self.lock_view,
                                                                     self.clock()))
         self._add_poller("hosts", lambda: self.sources.worker_hosts(self.root), every=5)
+        self._add_poller("ray", lambda: self.sources.ray_workers(self.root, self.clock()), every=2)
+        # a re-embed's progress lists every shard's folders: it moves slowly, looked at slowly
+        self._add_poller("reembed", lambda: self.sources.reembed_jobs(self.root, self.clock()),
+                         every=10)
         self._add_poller("run", lambda: self.sources.runner_view(self.root, self.clock(),
                                                                  self.settings.db_timeout_s),
                          every=2)

@@ -31,6 +31,11 @@ class LogFollow:
             row = self.row(key) if key else None
             if row is None:
                 raise SourceMessage("select a stage to see its log")
+            if row.get("kind") == "ray":
+                # a Ray worker's batches are shipped, retried and imported by the orchestrator
+                row = next((r for r in self.local_rows if r["name"] == "orchestrate"), None)
+                if row is None or not row.get("log"):
+                    raise SourceMessage("a Ray worker logs in the orchestrator's log: none here")
             if row.get("host", "local") == "local":
                 lines, _ = self.sources.local_log_tail(Path(row["log"]), self.settings.log_lines)
                 return lines

@@ -8,6 +8,7 @@ from typing import Any
 from console import actions
 from console.polling import MESSAGE, OK, UNAVAILABLE
 from console.widgets.stages_panel import clock_messages, row_key, shown_rate
+from console.widgets.scale_out import ray_line, ray_row, reembed_text
 from pipeline.status.queue_reasons import IMAGE_STAGES
 
 
@@ -66,6 +67,14 @@ class PanelFeed:
             else:
                 self.host_rows[host] = [self._host_row(host, "unreachable", text)]
             self._render_stages()
+        elif source == "ray":
+            # a failure is the orchestrator's or hosts.toml's, said by those rows: keep the last
+            if kind == OK:
+                self.ray_workers = data
+                self._render_stages()
+        elif source == "reembed":
+            self.panels.queues.show_reembed(reembed_text(data, self.clock()) if kind == OK
+                                            else f"reembed: {text}")
         elif source == "run":
             if kind == OK:
                 states = {r["name"]: r["state"] for r in self.local_rows}
@@ -83,12 +92,13 @@ class PanelFeed:
         rows = list(self.local_rows)
         for host in self.hosts:
             rows += self.host_rows.get(host["name"], [])
-        return rows
+        return rows + [ray_row(w) for w in self.ray_workers]
 
     def _render_stages(self, message: str | None = None) -> None:
         rows = self.all_rows()
         messages = [m for m in (message, self.hosts_message) if m] + clock_messages(rows)
-        self.panels.stages.show(rows, self.stopping, messages)
+        self.panels.stages.show(rows, self.stopping, messages,
+                                [ray_line(w) for w in self.ray_workers])
         if self.selected_key is None:
             self._selection_changed(self.panels.stages.selected_key())
 
@@ -144,6 +154,9 @@ class PanelFeed:
             self.panels.backups.show(snapshot.get("backups", []),
                                      snapshot.get("schedule"), snapshot.get("backup_jobs", []))
         self._apply("locks", OK, snapshot.get("locks", []), None)
+        self._apply("ray", OK, [w for w in snapshot.get("workers") or [] if w.get("kind") == "ray"],
+                    None)
+        self._apply("reembed", OK, snapshot.get("reembed") or [], None)
         self.unsafe = [p["key"] for p in snapshot.get("safety") or []]
         self.last_refresh_at = at
         self._update_status_bar()

@@ -8,6 +8,7 @@ from console.screens.confirm_screen import ConfirmScreen
 from console.screens.escalate_screen import EscalateScreen
 from console.screens.typed_confirm_screen import TypedConfirmScreen
 from console.widgets.stages_panel import row_key
+from console.widgets.scale_out import RAY_REFUSAL
 
 DEPLOY_PHRASE = "YES:GIT"
 
@@ -27,8 +28,17 @@ class StageActions:
             self.refuse("select a stage first")
         return row
 
-    def action_start_stage(self) -> None:
+    def _selected_stage(self) -> dict | None:
+        """The highlighted row, if it is a stage a key can start, stop or deploy to (a Ray
+        worker is not: it follows the orchestrator)."""
         row = self._selected()
+        if row is not None and row.get("kind") == "ray":
+            self.refuse(RAY_REFUSAL.format(name=row.get("host")))
+            return None
+        return row
+
+    def action_start_stage(self) -> None:
+        row = self._selected_stage()
         if row is None:
             return
         if actions.is_live(row):
@@ -47,7 +57,7 @@ class StageActions:
         self.background(f"start {name}", fn, done=lambda kind, data: self.kick("stages"))
 
     def action_stop_stage(self) -> None:
-        row = self._selected()
+        row = self._selected_stage()
         if row is None:
             return
         if not actions.is_live(row):
@@ -77,7 +87,7 @@ class StageActions:
         self.background(f"stop {key}", fn, done=done)
 
     def action_force_stop(self) -> None:
-        row = self._selected()
+        row = self._selected_stage()
         if row is None:
             return
         if row.get("host", "local") != "local":
@@ -131,7 +141,8 @@ class StageActions:
     def action_stop_all(self) -> None:
         """Kill files for every running stage, one after the other in the order the dialog
         lists (one action thread), leaving the sandbox's local Etsy API running."""
-        live = self.all_rows()
+        # a Ray worker drains when the orchestrator stops (it has no kill file of its own)
+        live = [r for r in self.all_rows() if r.get("kind") != "ray"]
         rows = actions.stop_all_order(live)
         kept = actions.stop_all_kept(live)
         if not rows:
@@ -161,7 +172,7 @@ class StageActions:
                          answer)
 
     def action_deploy(self) -> None:
-        row = self._selected()
+        row = self._selected_stage()
         if row is None:
             return
         host = row.get("host", "local")

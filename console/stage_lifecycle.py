@@ -52,7 +52,7 @@ class StageLifecycle:
                         done=lambda kind, data: self.kick("stages", "run"))
 
     def action_restart_stage(self) -> None:
-        row = self._selected()
+        row = self._selected_stage()
         if row is None:
             return
         if not actions.is_live(row):

@@ -91,6 +91,7 @@ class QueuesPanel(Vertical, can_focus=True):
         for state in STATES:
             yield QueueRow(state)
         yield Static("", id="queues-throughput")
+        yield Static("", id="queues-reembed")
         yield Static("", id="queues-message", classes="panel-message")
 
     def on_mount(self) -> None:
@@ -110,6 +111,10 @@ class QueuesPanel(Vertical, can_focus=True):
         self.show_message(message)
         if self.view.filter or self.view.sort_column or self.view.reverse:
             self.apply_view()
+
+    def show_reembed(self, text: str) -> None:
+        """One line per re-embed in progress (console/widgets/scale_out.py); hidden when none."""
+        set_message(self.query_one("#queues-reembed", Static), text)
 
     def show_message(self, message: str | None) -> None:
         set_message(self.query_one("#queues-message", Static), message)

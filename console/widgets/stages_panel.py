@@ -15,6 +15,7 @@ STATE_CLASSES = {
     "blocked": "state--blocked", "stopping": "state--stopping", "stopped": "state--stopped",
     "crashed": "state--crashed", "stale": "state--stale", "unreachable": "state--unreachable",
     "waiting": "state--waiting", "n/a": "state--na",
+    "error": "state--crashed",   # a Ray worker the orchestrator cannot reach (scale_out.py)
 }
 
 
@@ -49,6 +50,8 @@ def row_key(row: dict) -> str:
 
 def state_label(row: dict, stop_requested: bool) -> str:
     state = row.get("state") or "?"
+    if row.get("label"):
+        return row["label"]   # a row's own word for its state (a Ray worker "draining")
     if state == "stopping" or (stop_requested and state in ("running", "pausing", "paused",
                                                              "blocked", "stale")):
         return "stopping..."
@@ -111,6 +114,7 @@ class StagesPanel(Vertical):
 
     def compose(self) -> ComposeResult:
         yield StagesTable(id="stages-table")
+        yield Static("", id="stages-ray")   # each Ray worker's detail (scale_out.ray_line)
         yield Static("", id="stages-message", classes="panel-message")
 
     def on_mount(self) -> None:
@@ -120,8 +124,10 @@ class StagesPanel(Vertical):
     def table(self) -> StagesTable:
         return self.query_one(StagesTable)
 
-    def show(self, rows: list[dict], stopping: set[str], messages: list[str]) -> None:
+    def show(self, rows: list[dict], stopping: set[str], messages: list[str],
+             notes: list[str] | None = None) -> None:
         self.table.sync([(row_key(r), table_row(r, row_key(r) in stopping)) for r in rows])
+        set_message(self.query_one("#stages-ray", Static), "\n".join(notes or []))
         set_message(self.query_one("#stages-message", Static), "\n".join(messages))
 
     def selected_key(self) -> str | None:
