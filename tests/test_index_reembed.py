@@ -10,6 +10,7 @@ import hashlib
 import os
 import random
 import shutil
+import select
 import signal
 import time
 
@@ -83,6 +84,13 @@ def _killed(root, embedder, delay_s: float | None) -> bool:
     if pid == 0:
         os.close(done_r)
         os.close(go_w)
+        # OpenMP (libgomp: faiss, torch) is not fork-safe: a thread pool the parent made
+        # earlier in the suite deadlocks the child's first parallel region; one thread runs inline
+        import faiss
+        import torch
+
+        faiss.omp_set_num_threads(1)
+        torch.set_num_threads(1)
 
         def finished(w, done, total):
             os.write(done_w, b".")
@@ -98,6 +106,11 @@ def _killed(root, embedder, delay_s: float | None) -> bool:
     os.close(go_r)
     killed = False
     try:
+        ready, _, _ = select.select([done_r], [], [], 120)
+        if not ready:   # a hung child must fail this test, not stall the whole suite
+            os.kill(pid, signal.SIGKILL)
+            killed = True
+            raise AssertionError("the forked re-embed did not finish a slice in 120 s (hung)")
         if os.read(done_r, 1) != b".":
             return False
         if delay_s is not None:
