@@ -53,7 +53,6 @@ def sample_jpegs(n: int, size=(570, 456)) -> list[bytes]:
 
 
 def make_root(base: Path, n: int, batch: int, tar: bool, worker: str):
-    from pipeline.core import db as dbm
     from tests.orchestrate_support import db_root
 
     extra = "" if not tar else "local_direct = false\n"
@@ -68,9 +67,19 @@ def make_root(base: Path, n: int, batch: int, tar: bool, worker: str):
         root.hosts_path.write_text(f'[workers.local]\nlocal = true\nroot = "{wroot}"\n')
     else:
         wroot = root.path
-    images = sample_jpegs(64)
-    keys = [(100000 + i // 3, 1 + i) for i in range(n)]
     t0 = time.perf_counter()
+    size = seed_downloaded(root, n, sample_jpegs(64))
+    print(f"collection: {n} images, {size / n / 1024:.0f} KB each on average "
+          f"(written in {time.perf_counter() - t0:.1f} s)")
+    return root, wroot
+
+
+def seed_downloaded(root, n: int, images: list[bytes]) -> int:
+    """``n`` downloaded images (three per listing, with listing texts) from ``images`` in turn,
+    on disk and in the DB; returns their bytes. Shared with bench_ray.py."""
+    from pipeline.core import db as dbm
+
+    keys = [(100000 + i // 3, 1 + i) for i in range(n)]
     for i, (lid, iid) in enumerate(keys):
         (root.download_dir / f"{lid}_{iid}.jpg").write_bytes(images[i % len(images)])
     conn = dbm.open_db(root)
@@ -82,10 +91,7 @@ def make_root(base: Path, n: int, batch: int, tar: bool, worker: str):
         dbm.add_discovered_images(conn, keys)
         dbm.set_image_state(conn, keys, dbm.DOWNLOADED, expect=dbm.DISCOVERED)
     conn.close()
-    size = sum(len(images[i % len(images)]) for i in range(n))
-    print(f"collection: {n} images, {size / n / 1024:.0f} KB each on average "
-          f"(written in {time.perf_counter() - t0:.1f} s)")
-    return root, wroot
+    return sum(len(images[i % len(images)]) for i in range(n))
 
 
 class Timers:

@@ -97,26 +97,13 @@ class Clock:
 
 
 def make_root(base: Path, n: int, batch: int):
-    from bench.bench_orchestrate import sample_jpegs
-    from pipeline.core import db as dbm
+    from bench.bench_orchestrate import sample_jpegs, seed_downloaded
     from tests.orchestrate_support import db_root
 
     root = db_root(base / "root", batch_size=batch, poll_s=0.2, lease_s=3600.0,
                    start_workers=True, start_retry_s=60.0,
                    extra="max_in_flight = 4\n" + MODELS.replace("[models]", "\n[models]", 1))
-    images = sample_jpegs(32)
-    keys = [(100000 + i // 3, 1 + i) for i in range(n)]
-    for i, (lid, iid) in enumerate(keys):
-        (root.download_dir / f"{lid}_{iid}.jpg").write_bytes(images[i % len(images)])
-    conn = dbm.open_db(root)
-    with dbm.transaction(conn):
-        for lid in sorted({k[0] for k in keys}):
-            conn.execute("INSERT INTO listings_static(listing_id, snapshot_timestamp, title, "
-                         "materials) VALUES (?, ?, ?, ?)",
-                         (lid, time.time(), f"Oak sideboard {lid}", '["oak", "brass"]'))
-        dbm.add_discovered_images(conn, keys)
-        dbm.set_image_state(conn, keys, dbm.DOWNLOADED, expect=dbm.DISCOVERED)
-    conn.close()
+    seed_downloaded(root, n, sample_jpegs(32))
     return root
 
 
