@@ -332,9 +332,15 @@ class Chaos:
         site.admin("faults", {"faults": ETSY_FAULTS, "vanish": VANISH})
         end = time.monotonic() + minutes * 60
         gap = minutes * 60 / max(1, len(events))
+        last_report = time.monotonic()
         for i, kind in enumerate(events):
             self.wait_until(lambda: False, self.rng.uniform(0, gap))
             self.fault(kind)
+            if time.monotonic() - last_report > 60:      # a long run shows it is alive
+                last_report = time.monotonic()
+                states = Counter(checks.states(site.root).values())
+                say(f"  {i + 1}/{len(events)} faults, {end - time.monotonic():.0f} s left: "
+                    f"{dict(self.counts)}; images {dict(states)}")
             if time.monotonic() > end + 60 * minutes:     # far behind the schedule: stop
                 say(f"schedule overran after {i + 1} of {len(events)} faults")
                 break
