@@ -96,8 +96,7 @@ class Site:
         text = (text.replace("batch_size = 50", f"batch_size = {batch}\n{ORCH_LINES}")
                 .replace("images_per_tar = 100", f"images_per_tar = {per_tar}"))
         self.root.config_path.write_text(text + ROOT_EXTRA)
-        qps = self.root.db_dir / "qps_config.json"
-        qps.write_text(json.dumps({**json.loads(qps.read_text()), "qps": 100}))
+        self.set_client_qps(100)
         self._workers(ssh)
         checks.cli(self.path, "start", "etsy-api", "--listings", listings, "--seed", api_seed,
                    "--qps", 0).check_returncode()
@@ -133,6 +132,11 @@ class Site:
                         for n, s in self.servers.items())
         (self.path / "known_hosts").write_text(known)
         self.root.hosts_path.write_text("\n".join(out) + "\n")
+
+    def set_client_qps(self, qps: float) -> None:
+        """The crawler's own pace (data/db/qps_config.json, read at each sync start)."""
+        path = self.root.db_dir / "qps_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "qps": qps}))
 
     def admin(self, name: str, body: dict | None = None) -> dict:
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}/_sandbox/{name}",
@@ -325,10 +329,12 @@ class Chaos:
             self.wait_until(lambda: False, rng.uniform(2, 5))
             cfg.write_text(text)
 
-    def run(self, minutes: float, plan: Counter) -> None:
+    def run(self, minutes: float, plan: Counter, api_qps: float = 0.0) -> None:
         events = [k for k, n in plan.items() for _ in range(n)]
         self.rng.shuffle(events)
         site = self.site
+        if api_qps:      # the catalogue trickles in, so work flows through the whole fault phase
+            site.set_client_qps(api_qps)
         site.admin("faults", {"faults": ETSY_FAULTS, "vanish": VANISH})
         end = time.monotonic() + minutes * 60
         gap = minutes * 60 / max(1, len(events))
@@ -346,6 +352,7 @@ class Chaos:
                 break
         self.wait_until(lambda: False, max(0.0, end - time.monotonic()))
         site.admin("faults", {"clear": True, "vanish": VANISH})
+        site.set_client_qps(100)
         self.counts["etsy_fault_responses"] = sum(site.admin("faults")["injected"].values())
         self.stop_all()
 
@@ -435,6 +442,9 @@ def main(argv=None) -> int:
     ap.add_argument("--api-seed", type=int, default=5, help="the catalogue's seed")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--per-tar", type=int, default=10)
+    ap.add_argument("--api-qps", type=float, default=0.0,
+                    help="the crawler's requests/s during the fault phase (0: 100/s); a low "
+                         "rate spreads a big catalogue's images over the whole phase")
     for flag, default in (("stage-kills", 200), ("import-kills", 100), ("ssh-cuts", 30), ("ssh-stalls", 20),
                           ("worker-kills", 50), ("disk-floors", 20), ("pipeline-kills", 10),
                           ("backup-drills", 10)):
@@ -442,7 +452,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
-    say(f"seed: {seed}  (replay: {' '.join(map(shlex.quote, [sys.executable, *sys.argv]))} --seed {seed})")
+    replay = [a for i, a in enumerate(sys.argv) if a != "--seed" and (i == 0 or sys.argv[i - 1] != "--seed")]
+    say(f"seed: {seed}  (replay: {' '.join(map(shlex.quote, [sys.executable, *replay]))} --seed {seed})")
     say(f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}")
     base = Path(tempfile.mkdtemp(prefix="bench-chaos-"))
     os.environ["U2NET_HOME"] = str(base / "u2net")
@@ -458,7 +469,7 @@ def main(argv=None) -> int:
         plan = Counter({"stage_kill": args.stage_kills, "import_kill": args.import_kills,
                         "ssh_cut": args.ssh_cuts, "ssh_stall": args.ssh_stalls,
                         "worker_kill": args.worker_kills, "disk_floor": args.disk_floors})
-        chaos.run(args.minutes, plan)
+        chaos.run(args.minutes, plan, args.api_qps)
         pipeline_kills(chaos, args.pipeline_kills)
         drills = restore_drills(chaos, args.backup_drills)
         figures.append(("no kill file left by the runner", not chaos.kill_files_left,
