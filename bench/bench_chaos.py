@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import chaos_checks as checks          # noqa: E402
-from bench.tcp_proxy import TCPProxy              # noqa: E402
+from tests.tcp_proxy import TCPProxy               # noqa: E402
 from pipeline.core.fsutil import read_json_or_none  # noqa: E402
 from pipeline.core.procs import pid_alive         # noqa: E402
 from pipeline.core.root import Root               # noqa: E402

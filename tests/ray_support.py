@@ -77,13 +77,21 @@ class Cluster:
         self._start(["--head", f"--port={self.port}", "--include-dashboard=false"], {})
         # the second node: its actor waits on the hold file, so a test can kill it mid-batch
         if nodes > 1:
-            self._start([f"--address={self.address}"], {"IMAGESELECTOR_RAY_TEST_HOLD": str(self.hold)})
+            self._start([f"--address={self.address}"], {"IMAGESELECTOR_TEST_HOLD": str(self.hold)})
         return self
+
+    def ensure_second_node(self) -> None:
+        """A second node again after a test killed it (the holding one)."""
+        try:
+            self.second_raylet()
+        except AssertionError:
+            self._start([f"--address={self.address}"], {"IMAGESELECTOR_TEST_HOLD": str(self.hold)})
 
     def second_raylet(self) -> psutil.Process:
         for p in ours(self.marker):
             try:
-                if p.name() == "raylet" and p.environ().get("IMAGESELECTOR_RAY_TEST_HOLD"):
+                if (p.name() == "raylet" and p.status() != psutil.STATUS_ZOMBIE
+                        and p.environ().get("IMAGESELECTOR_TEST_HOLD")):
                     return p
             except psutil.Error:
                 continue

@@ -223,6 +223,52 @@ def test_a_node_killed_mid_batch_its_batch_runs_elsewhere_once(tmp_path, cluster
         assert rows[parse_name(name)[0]][2] == "imported"
 
 
+def test_reembed_with_a_node_killed_mid_slice_runs_that_slice_elsewhere_once(tmp_path, cluster):
+    """The second node's actor holds a slice; its raylet is killed: the slice goes to the head's
+    actor, the column switches once and every row holds its own image's vector."""
+    import threading
+
+    from imageselector.commands.reembed import make_route, slice_loader
+    from pipeline.core.db import connect
+    from pipeline.index import verify
+    from pipeline.reembed.run import reembed
+    from tests.reembed_support import (MODEL, assert_column, build_root, column_embedder,
+                                        expected_vectors)
+
+    cluster.ensure_second_node()
+    for f in cluster.hold.glob("*"):
+        f.unlink()
+    (cluster.hold / "hold").write_text("hold")
+    root = build_root(tmp_path / "root")
+    write_hosts(root, f'[workers.cloud]\nkind = "ray"\naddress = "{cluster.address}"\n'
+                      f"actors = 2\nnum_cpus = 1\n")      # one actor a node
+    route = make_route(root, MODEL, "ray", 4)
+    box = {}
+
+    def run():
+        conn = connect(root.db_path)
+        try:
+            box["summary"] = reembed(root, conn, MODEL, route, slice_loader(root, conn, False))
+        except BaseException as exc:          # noqa: BLE001 - handed to the test
+            box["error"] = exc
+        finally:
+            conn.close()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    wait_for(lambda: any(cluster.hold.glob("*.held")), timeout=240)
+    raylet = cluster.second_raylet()
+    raylet.kill()                              # the node dies with the slice in hand
+    raylet.wait(30)
+    (cluster.hold / "hold").unlink()
+    t.join(300)
+    assert "error" not in box, box.get("error")
+    assert box["summary"]["state"] == "switched" and route.retried >= 1
+    conn = connect(root.db_path)
+    assert verify(root, conn)[0] == []
+    assert_column(root, conn, expected_vectors(root, column_embedder()))
+    conn.close()
+
+
 @pytest.mark.parametrize("body, wrong", [
     ('address = "127.0.0.1"', "address"),
     ('address = "http://h:1"', "address"),

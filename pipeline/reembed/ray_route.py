@@ -2,7 +2,7 @@
 worker of hosts.toml): that worker's actors (count and resources from hosts.toml), each with
 the one model loaded once. The images of a slice travel in the task's arguments (the object
 store); the vectors come back here, and only this process writes the index. A slice whose
-actor died (its node gone) is given to another actor, a new one replacing the dead; the
+actor died (its node gone) is given to another actor (a new one only when none is left); the
 slice's files are written once, whatever Ray ran twice.
 
 At most PER_ACTOR slices per actor are out at a time, so reading the tars here keeps just
@@ -36,6 +36,9 @@ class ColumnActor:
         return self.embedder.fingerprint()
 
     def embed(self, images, texts, labels) -> dict:
+        from pipeline.core.testhold import hold_here
+
+        hold_here(f"slice-{labels[0] if labels else 'empty'}")   # tests: its node killed mid-slice
         t0 = time.monotonic()
         out = self.embedder.embed(images, texts, labels)
         return {"vectors": out, "seconds": time.monotonic() - t0}
@@ -93,16 +96,15 @@ class RayRoute:
 
         self._start()
         lost = raycluster.lost_errors()
-        out: dict = {}              # ObjectRef -> (work, payload, actor index, actor, tries)
-        load_of = {i: 0 for i in range(len(self.actors))}
+        out: dict = {}              # ObjectRef -> (work, payload, actor, tries)
+        load_of = {id(a): 0 for a in self.actors}
         todo = iter(work)
         exhausted = False
 
         def submit(w, payload, tries):
-            i = min(load_of, key=load_of.get)
-            load_of[i] += 1
-            actor = self.actors[i]
-            out[actor.embed.remote(*payload)] = (w, payload, i, actor, tries)
+            actor = min(self.actors, key=lambda a: load_of[id(a)])
+            load_of[id(actor)] += 1
+            out[actor.embed.remote(*payload)] = (w, payload, actor, tries)
 
         while True:
             while not exhausted and len(out) < PER_ACTOR * len(self.actors):
@@ -114,8 +116,8 @@ class RayRoute:
             if not out:
                 return
             [ref], _ = ray.wait(list(out), num_returns=1)
-            w, payload, i, actor, tries = out.pop(ref)
-            load_of[i] -= 1
+            w, payload, actor, tries = out.pop(ref)
+            load_of[id(actor)] = load_of.get(id(actor), 1) - 1
             try:
                 got = ray.get(ref)
             except lost as exc:
@@ -125,8 +127,13 @@ class RayRoute:
                                     f"({raycluster.last_line(exc)})") from None
                 log.warning("%s: an actor was lost (%s); its slice goes to another",
                             self.worker, raycluster.last_line(exc))
-                if self.actors[i] is actor:      # its other slices fail too: replace once
-                    self.actors[i] = self._new_actor()
+                if actor in self.actors:
+                    # not replaced while others remain: a new actor could wait for ever for
+                    # the dead node's resources, and the slices given to it with it
+                    self.actors.remove(actor)
+                    if not self.actors:
+                        self.actors.append(self._new_actor())
+                        load_of[id(self.actors[0])] = 0
                 self.retried += 1
                 submit(w, payload, tries + 1)
                 continue

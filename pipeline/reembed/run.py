@@ -95,6 +95,8 @@ def reembed(root, conn, model: str, route: Route, load: Callable,
         if missing:
             raise UserError(f"reembed {model}: the index holds no {', '.join(missing)} vectors "
                             f"(models: {', '.join(order)})")
+        if hasattr(route, "should_stop"):      # a route that waits on other machines
+            route.should_stop = should_stop
         fingerprint = route.fingerprint()
         in_force = [e for e in cols.read_lines(base) if e.get("model") == model]
         if (not again and not job_path(base, model).exists() and in_force
@@ -131,10 +133,12 @@ def reembed(root, conn, model: str, route: Route, load: Callable,
                 if on_slice:
                     on_slice(w, done_before + summary["slices"], total_slices)
                 if should_stop():
-                    summary.update(state="stopped", seconds=round(time.perf_counter() - t0, 3))
-                    log.info("reembed %s: stopped after %d slices; run it again to resume",
-                             model, summary["slices"])
-                    return summary
+                    break
+            if should_stop():     # also when a route waiting on its hosts ended early
+                summary.update(state="stopped", seconds=round(time.perf_counter() - t0, 3))
+                log.info("reembed %s: stopped after %d slices; run it again to resume",
+                         model, summary["slices"])
+                return summary
             store.open(conn, refresh_derived=False)   # imports that landed meanwhile
             total_slices = sum(len(sh.slices) for sh in store.shards)
         summary["seconds"] = round(time.perf_counter() - t0, 3)

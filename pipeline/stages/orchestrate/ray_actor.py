@@ -16,12 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.core.testhold import hold_here
 from pipeline.stages.orchestrate import hostops
 from pipeline.stages.orchestrate.links import LAYOUT
 
-# Tests only: a folder where the actor announces a batch (``<name>.held``) and waits while
-# ``hold`` exists there, so a test can kill its node in the middle of that batch.
-HOLD_ENV = "IMAGESELECTOR_RAY_TEST_HOLD"
 
 
 class BatchActor:
@@ -55,7 +53,7 @@ class BatchActor:
         incoming.mkdir(parents=True, exist_ok=True)
         (incoming / f"{name}.tar").write_bytes(batch_tar)
         hostops.call("unpack", spec)
-        _hold(name)
+        hold_here(name)       # tests: their node killed mid-batch
         dirs = WorkerDirs.under(self.scratch).ensure()
         outcome = process_batch(dirs, dirs.inbox / name, self.embedder)
         packed = hostops.call("pack", spec)
@@ -70,12 +68,3 @@ class BatchActor:
     def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
-
-def _hold(name: str) -> None:
-    folder = os.environ.get(HOLD_ENV)
-    if not folder:
-        return
-    hold = Path(folder)
-    (hold / f"{name}.held").write_text(str(os.getpid()))
-    while (hold / "hold").exists():
-        time.sleep(0.05)
