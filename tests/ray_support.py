@@ -57,8 +57,9 @@ class Cluster:
         self.hold.mkdir()
         self.temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))   # short: unix sockets
         self.ray = str(Path(sys.executable).with_name("ray"))
-        (self.port,) = _free_ports(1)
+        self.port, self.client_port = _free_ports(2)
         self.address = f"127.0.0.1:{self.port}"
+        self.client_address = f"ray://127.0.0.1:{self.client_port}"    # Ray Client (ray[client])
 
     def _start(self, args: list[str], extra_env: dict) -> None:
         env = dict(os.environ, **RAY_ENV, **extra_env)
@@ -74,7 +75,8 @@ class Cluster:
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
     def start(self, nodes: int = 2) -> "Cluster":
-        self._start(["--head", f"--port={self.port}", "--include-dashboard=false"], {})
+        self._start(["--head", f"--port={self.port}", "--include-dashboard=false",
+                     f"--ray-client-server-port={self.client_port}"], {})
         # the second node: its actor waits on the hold file, so a test can kill it mid-batch
         if nodes > 1:
             self._start([f"--address={self.address}"], {"IMAGESELECTOR_TEST_HOLD": str(self.hold)})

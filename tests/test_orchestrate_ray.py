@@ -165,6 +165,39 @@ def test_reembed_on_the_cluster_switches_the_same_column_as_in_process(tmp_path,
     conn.close()
 
 
+def test_a_ray_client_address_runs_the_orchestrator_and_the_reembed(tmp_path, cluster):
+    """`address = "ray://HEAD:PORT"` (Ray Client: no local node, ray[client]): the same
+    orchestrator run and the same re-embed as with the head's GCS address."""
+    from imageselector.commands.reembed import make_route, slice_loader
+    from pipeline.core.db import connect
+    from pipeline.reembed.run import reembed
+    from tests.reembed_support import (MODEL, assert_column, build_root, column_embedder,
+                                        expected_vectors)
+
+    for f in cluster.hold.glob("*"):
+        f.unlink()
+    _disconnect()                              # this process was a driver of the GCS address
+    try:
+        root, keys = _ray_root(tmp_path / "orch", cluster, 8, actors=1)
+        write_hosts(root, f'[workers.cloud]\nkind = "ray"\naddress = "{cluster.client_address}"\n'
+                          f"actors = 1\nnum_cpus = 1\n")
+        orch = run_orchestrator(root, timeout_s=300)
+        assert orch.exit_code == 0
+        _imported_once(root, keys)
+
+        root = build_root(tmp_path / "reembed")
+        write_hosts(root, f'[workers.cloud]\nkind = "ray"\naddress = "{cluster.client_address}"\n'
+                          f"actors = 1\nnum_cpus = 1\n")
+        conn = connect(root.db_path)
+        summary = reembed(root, conn, MODEL, make_route(root, MODEL, "ray", 4),
+                          slice_loader(root, conn, False))
+        assert summary["state"] == "switched" and summary["slices"] == 6
+        assert_column(root, conn, expected_vectors(root, column_embedder()))
+        conn.close()
+    finally:
+        _disconnect()
+
+
 def test_a_graceful_stop_lets_the_batch_on_an_actor_finish_and_imports_it(tmp_path, cluster):
     """KILL_ORCH (here: the loop's checkpoint) while a batch is in an actor's hands: the
     orchestrator waits for it (ray_drain.py) and imports it; the batches not started go back
