@@ -1,4 +1,4 @@
-"""index verify / rebuild / info: the index store on the command line."""
+"""index verify / rebuild / prune-columns / info: the index store on the command line."""
 from __future__ import annotations
 
 import json
@@ -65,8 +65,26 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_prune_columns(args) -> int:
+    from pipeline.core.root import Root
+    from pipeline.reembed.prune import prune_columns
+
+    root = Root.open(args.root)
+    removed = prune_columns(root, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "folders": removed}, indent=1))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for r in removed:
+        print(f"{verb} {r['folder']} ({r['bytes'] / 1e6:,.1f} MB)")
+    total = sum(r["bytes"] for r in removed)
+    print(f"{verb} {len(removed)} column folders, {total / 1e6:,.1f} MB"
+          if removed else "no superseded column folders")
+    return 0
+
+
 def register(sub) -> None:
-    p = sub.add_parser("index", help="the index store: verify, rebuild, info")
+    p = sub.add_parser("index", help="the index store: verify, rebuild, prune-columns, info")
     add_root_argument(p)
     isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
 
@@ -85,6 +103,13 @@ def register(sub) -> None:
     r.add_argument("--missing-only", action="store_true",
                    help="only extend or build what is missing or stale")
     r.set_defaults(func=cmd_rebuild)
+
+    pc = isub.add_parser("prune-columns", help="remove re-embedded columns no shard reads any more "
+                                              "(replaced by a later re-embed, or given up)")
+    add_root_argument(pc)
+    pc.add_argument("--dry-run", action="store_true", help="list them, remove nothing")
+    pc.add_argument("--json", action="store_true")
+    pc.set_defaults(func=cmd_prune_columns)
 
     i = isub.add_parser("info", help="shards, rows, index types")
     add_root_argument(i)

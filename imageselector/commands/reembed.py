@@ -75,8 +75,9 @@ def make_route(root, model: str, workers: str, batch_size: int | None,
         workers = next(iter(ray_hosts))
     host = ray_hosts.get(workers)
     if host is None:
-        raise UserError(f"--workers {workers}: no Ray worker of that name in hosts.toml "
-                        f"(Ray workers: {', '.join(ray_hosts) or 'none'}; or --workers local)")
+        raise UserError(f"--workers {workers}: no worker of that name in hosts.toml "
+                        f"(SSH/local workers: {', '.join(hosts.workers) or 'none'}; Ray workers: "
+                        f"{', '.join(ray_hosts) or 'none'}; or --workers local)")
     from pipeline.models.batch_run import embedder_overrides
     from pipeline.reembed.ray_route import RayRoute
 

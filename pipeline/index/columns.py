@@ -103,3 +103,19 @@ def signature(base: Path):
         return (st.st_size, st.st_mtime_ns, st.st_ino)
     except FileNotFoundError:
         return None
+
+
+def in_force_ids(base: Path, lines: list[dict] | None = None) -> dict[str, str]:
+    """{model: the column id its shards read}: a model's last line replaces its earlier ones."""
+    lines = read_lines(base) if lines is None else lines
+    return {e["model"]: e["column_id"] for e in lines}
+
+
+def folders(shard_paths) -> list[Path]:
+    """Every column folder of these shards, committed or not."""
+    out = []
+    for shard_path in shard_paths:
+        parent = Path(shard_path) / COLUMNS_DIR
+        if parent.is_dir():
+            out += sorted(p for p in parent.iterdir() if p.is_dir())
+    return out
