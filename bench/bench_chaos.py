@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -296,10 +296,11 @@ class Chaos:
                 if self.kill("orchestrate"):
                     self.counts[kind] += 1
         elif kind in ("ssh_cut", "ssh_stall"):
-            name = rng.choice(sorted(site.proxies))
-            if self.wait_until(lambda: any(w == name and s in ("shipped", "running")
-                                           for w, s in self.batch_states()), 20):
-                proxy = site.proxies[name]
+            def on_ssh() -> list[str]:     # SSH workers with a batch in hand now
+                return sorted({w for w, s in self.batch_states()
+                               if w in site.proxies and s in ("shipped", "running")})
+            if self.wait_until(lambda: bool(on_ssh()), 20):
+                proxy = site.proxies[rng.choice(on_ssh() or sorted(site.proxies))]
                 if kind == "ssh_cut":
                     if proxy.cut():
                         self.counts[kind] += 1
@@ -309,18 +310,22 @@ class Chaos:
                     self.wait_until(lambda: False, rng.uniform(2, 8))
                     proxy.cut()
         elif kind == "worker_kill":
-            name = rng.choice(sorted(site.worker_roots))
-
-            def busy():
-                pid, hb = site.worker_pid(name)
-                return pid and pid_alive(pid) and (hb.get("batch") or hb.get("current"))
-            if self.wait_until(busy, 20):
-                pid, _ = site.worker_pid(name)
-                try:
-                    os.kill(pid, signal.SIGKILL)           # the exact pid from its run/worker.json
-                    self.counts[kind] += 1
-                except ProcessLookupError:
-                    pass
+            def busy() -> list[tuple[str, int]]:    # (worker, pid) with a batch in hand now
+                out = []
+                for name in sorted(site.worker_roots):
+                    pid, hb = site.worker_pid(name)
+                    if pid and pid_alive(pid) and (hb.get("batch") or hb.get("current")):
+                        out.append((name, pid))
+                return out
+            if self.wait_until(lambda: bool(busy()), 20):
+                found = busy()
+                if found:
+                    _name, pid = rng.choice(found)
+                    try:
+                        os.kill(pid, signal.SIGKILL)       # the exact pid from its run/worker.json
+                        self.counts[kind] += 1
+                    except ProcessLookupError:
+                        pass
         elif kind == "disk_floor":
             cfg = site.root.config_path
             text = cfg.read_text()
@@ -337,18 +342,32 @@ class Chaos:
             site.set_client_qps(api_qps)
         site.admin("faults", {"faults": ETSY_FAULTS, "vanish": VANISH})
         end = time.monotonic() + minutes * 60
-        gap = minutes * 60 / max(1, len(events))
+        pending = deque(events)
+        retries: Counter = Counter()
         last_report = time.monotonic()
-        for i, kind in enumerate(events):
-            self.wait_until(lambda: False, self.rng.uniform(0, gap))
+        i = 0
+        while pending:
+            kind = pending.popleft()
+            i += 1
+            # spread what is left over the time left: a run behind its schedule stops waiting
+            left = max(0.0, end - time.monotonic())
+            self.wait_until(lambda: False, self.rng.uniform(0, 2 * left / (len(pending) + 1)))
+            before = self.counts[kind]
             self.fault(kind)
+            if self.counts[kind] == before:
+                # its moment did not come (no batch in hand, the stage between two runs): it
+                # goes to the back of the queue, so the run reaches the counts asked for
+                self.counts[f"not injected, tried again: {kind}"] += 1
+                if retries[kind] < 2 * plan[kind]:
+                    retries[kind] += 1
+                    pending.append(kind)
             if time.monotonic() - last_report > 60:      # a long run shows it is alive
                 last_report = time.monotonic()
                 states = Counter(checks.states(site.root).values())
-                say(f"  {i + 1}/{len(events)} faults, {end - time.monotonic():.0f} s left: "
+                say(f"  {i} tried, {len(pending)} to go, {end - time.monotonic():.0f} s left: "
                     f"{dict(self.counts)}; images {dict(states)}")
-            if time.monotonic() > end + 60 * minutes:     # far behind the schedule: stop
-                say(f"schedule overran after {i + 1} of {len(events)} faults")
+            if time.monotonic() > end + 30 * minutes:     # far behind the schedule: stop
+                say(f"schedule overran: stopped with {len(pending)} faults not injected")
                 break
         self.wait_until(lambda: False, max(0.0, end - time.monotonic()))
         site.admin("faults", {"clear": True, "vanish": VANISH})
