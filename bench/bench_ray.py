@@ -21,7 +21,8 @@ executor spends not embedding: shipping, unpacking, packing, polls, fetching). F
 the actor's whole call per batch and its part outside the embedding (unpack + pack).
 ``--reembed`` times `imageselector reembed` of one test-profile model (dinov2_base) instead,
 over an index of the same number of images in tars (570x456 JPEGs): in this process
-(local), on a one-node and on a two-node cluster; the overhead per slice is the steady
+(local), on one SSH worker's reembed-serve (ssh: the home lab's route, slices as files over
+SFTP), on a one-node and on a two-node cluster; the overhead per slice is the steady
 seconds per slice times the executors minus the model's own time per slice (reading the
 tars, shipping, writing and hashing the vectors). Prints its figures; never run as a test.
 """
@@ -216,6 +217,12 @@ def run_reembed(route: str, base: Path, batches: int, batch: int) -> dict:
 
         embedder.embed = timed
         rt = LocalRoute(embedder)
+    elif route == "ssh":           # the home lab's route: one SSH worker's reembed-serve
+        from imageselector.commands.reembed import make_route
+
+        (base / f"reembed-{route}-host").mkdir(parents=True)
+        cleanup.append(ssh_worker(base / f"reembed-{route}-host", root))
+        rt = make_route(root, MODEL, "w1", 8)
     else:
         from pipeline.models.batch_run import embedder_overrides
         from pipeline.reembed.ray_route import RayRoute
@@ -238,7 +245,7 @@ def run_reembed(route: str, base: Path, batches: int, batch: int) -> dict:
                       on_slice=lambda w, d, t: ends.append(time.perf_counter()))
     finally:
         conn.close()
-        if route != "local":
+        if route.startswith("ray"):
             import ray
 
             ray.shutdown()
@@ -267,11 +274,11 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--routes", default="ssh,ray1,ray2")
     ap.add_argument("--reembed", action="store_true",
-                    help="time `reembed` instead (routes local,ray1,ray2)")
+                    help="time `reembed` instead (routes local,ssh,ray1,ray2)")
     args = ap.parse_args()
     if args.reembed:
         base = Path(tempfile.mkdtemp(prefix="bench-reembed-"))
-        routes = "local,ray1,ray2" if args.routes == "ssh,ray1,ray2" else args.routes
+        routes = "local,ssh,ray1,ray2" if args.routes == "ssh,ray1,ray2" else args.routes
         rows = []
         for route in routes.split(","):
             print(f"reembed on {route}: {args.batches} slices of {args.batch} ...", flush=True)

@@ -142,8 +142,9 @@ class HostLane:
             if f"{name}.npz" in names:
                 data = self.transport.read_bytes(self.path("outbox", f"{name}.npz"), 1 << 30)
                 self.transport.remove(self.path("outbox", f"{name}.npz"))
-                vectors, _meta = serve.unpack_result(data, len(work.ids))
+                vectors, meta = serve.unpack_result(data, len(work.ids))
                 self.slices += 1
+                r.compute_s.append(float(meta.get("seconds", 0.0)))
                 return vectors
             if f"{name}.error" in names:
                 text = self.transport.read_text(self.path("outbox", f"{name}.error")).strip()
@@ -209,6 +210,7 @@ class HostsRoute:
         self.done = threading.Event()
         self.fingerprint_value: str | None = None
         self.retried = 0
+        self.compute_s: list[float] = []    # seconds inside the servers, per slice
         self.should_stop = lambda: False
 
     def _usable(self) -> list[HostLane]:
