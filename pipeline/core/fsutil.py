@@ -62,18 +62,28 @@ def read_json_or_none(path: Path) -> Any:
         return None
 
 
+# what a lock held by another process raises: flock's EWOULDBLOCK; msvcrt's EACCES/EDEADLK
+_LOCK_HELD = OSError if os.name == "nt" else BlockingIOError
+
+
 def try_flock(path: Path) -> int | None:
     """An exclusive flock on ``path`` (created if missing), without waiting: the descriptor
     that holds it, or None when another process holds it. The kernel releases it when the
-    process dies, so a crash never leaves a lock behind; close the descriptor to release it."""
-    import fcntl
-
+    process dies, so a crash never leaves a lock behind; close the descriptor to release it.
+    On Windows (a worker host: its re-embed server) a byte-range lock does the same."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        if os.name == "nt":
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except _LOCK_HELD:
         os.close(fd)
         return None
     except BaseException:
