@@ -273,3 +273,33 @@ def test_reembed_names_an_unknown_worker_in_one_line(root):
     assert out.returncode != 0
     assert out.stderr.strip().splitlines()[-1] == (
         "imageselector: --workers: no worker nosuch in hosts.toml (workers: w1, w2; or --workers local)")
+
+
+def test_a_stop_while_a_host_holds_a_slice_ends_at_once_and_resumes(root, lab, expected):
+    """The stop flag (Ctrl-C, SIGTERM) while w1 holds a slice: the re-embed returns "stopped"
+    without waiting for it; the result w1 writes afterwards is not taken by the next run,
+    which resumes and switches."""
+    (lab.hold / "hold").write_text("hold")
+    stop = threading.Event()
+    from imageselector.commands.reembed import slice_loader
+    from pipeline.reembed.run import reembed
+
+    route = _route(root)
+
+    def run():
+        conn = connect(root.db_path)
+        try:
+            return reembed(root, conn, MODEL, route, slice_loader(root, conn, False),
+                           should_stop=stop.is_set)
+        finally:
+            conn.close()
+    t, box = _in_thread(run)
+    wait_for(lambda: any(lab.hold.glob("*.held")), timeout=120)
+    stop.set()
+    t.join(60)
+    assert not t.is_alive() and box["value"]["state"] == "stopped"
+    (lab.hold / "hold").unlink()                   # w1's server finishes the held slice, exits
+    wait_for(lambda: lab.heartbeat("w1").get("state") == "stopped", timeout=60)
+    summary = _reembed(root, _route(root))
+    _switched_right(root, expected, summary)
+    wait_for(lambda: not lab.leftovers(), timeout=20)

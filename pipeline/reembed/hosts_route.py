@@ -110,14 +110,23 @@ class HostLane:
                 raise HostDown(f"{self.name}: the model did not load within {timeout_s:.0f} s")
             time.sleep(self.route.poll_s)
 
+    def clear_slices(self) -> None:
+        """Remove slice and result files: ours at the end, an earlier run's at the start (a
+        result left by a stopped run must not be taken for this run's)."""
+        for folder in ("inbox", "outbox"):
+            try:
+                names = self.transport.list_dir(self.path(folder))
+            except RemoteFileMissing:
+                continue
+            for name in names:
+                if name.startswith("s") and name.split(".")[-1] in ("slice", "npz", "error"):
+                    self.transport.remove(self.path(folder, name))
+
     def stop_server(self) -> None:
         """Ask the server to exit and take our leftover slices back."""
         try:
             self.transport.write_bytes_atomic(self.path(serve.KILL_NAME), b"reembed ended\n")
-            for folder in ("inbox", "outbox"):
-                for name in self.transport.list_dir(self.path(folder)):
-                    if name.startswith("s") and name.split(".")[-1] in ("slice", "npz", "error"):
-                        self.transport.remove(self.path(folder, name))
+            self.clear_slices()
         except RemoteError as exc:
             log.warning("%s: could not stop reembed-serve (%s); it exits after %.0f s idle",
                         self.name, exc, self.route.idle_exit_s)
@@ -143,6 +152,10 @@ class HostLane:
                 data = self.transport.read_bytes(self.path("outbox", f"{name}.npz"), 1 << 30)
                 self.transport.remove(self.path("outbox", f"{name}.npz"))
                 vectors, meta = serve.unpack_result(data, len(work.ids))
+                if meta.get("fingerprint") != r.fingerprint_value:
+                    self.fingerprint = None        # its server was restarted with other weights
+                    raise HostDown(f"{self.name}: a result with fingerprint "
+                                   f"{meta.get('fingerprint')}, not the column's")
                 self.slices += 1
                 r.compute_s.append(float(meta.get("seconds", 0.0)))
                 return vectors
@@ -232,6 +245,7 @@ class HostsRoute:
         for lane in self._usable():
             try:
                 lane.ready(self.start_timeout_s + self.slice_timeout_s)
+                lane.clear_slices()
             except RemoteError as exc:
                 lane.unusable = str(exc)
                 log.warning("re-embed goes on without %s: %s", lane.name, exc)
