@@ -303,3 +303,46 @@ def test_a_stop_while_a_host_holds_a_slice_ends_at_once_and_resumes(root, lab, e
     summary = _reembed(root, _route(root))
     _switched_right(root, expected, summary)
     wait_for(lambda: not lab.leftovers(), timeout=20)
+
+
+def test_the_server_embeds_dropped_slices_says_why_a_bad_one_fails_and_stops_on_sigterm(tmp_path, expected, template):
+    """reembed-serve alone, on a local root: a slice file in, its vectors out (the model run
+    here gives the same); a damaged slice gets a one-line .error; SIGTERM ends it cleanly."""
+    import subprocess
+
+    import numpy as np
+
+    from pipeline.core.root import Root
+    from pipeline.stages.archive.tarindex import read_image
+
+    wroot = tmp_path / "worker"
+    wroot.mkdir()
+    (wroot / "imageselector.toml").write_text(WORKER_TOML.format(profile="test", extra=""))
+    base = wroot / serve.SERVE_DIR / MODEL
+    proc = subprocess.Popen([sys.executable, "-m", "imageselector", "--root", str(wroot),
+                             "reembed-serve", MODEL, "--batch-size", "4"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: (json.loads((base / serve.HEARTBEAT_NAME).read_text()).get("state")
+                          if (base / serve.HEARTBEAT_NAME).exists() else None) == "ready", timeout=120)
+        conn = connect(Root(template).db_path)
+        keys = sorted(expected)[:5]
+        images = [read_image(Root(template), conn, a, b) for a, b in keys]
+        conn.close()
+        (base / "inbox" / "s1.slice").write_bytes(serve.pack_slice(images, None, [f"{a}_{b}" for a, b in keys]))
+        (base / "inbox" / "s2.slice").write_bytes(b"not a tar")
+        wait_for(lambda: (base / "outbox" / "s1.npz").exists() and (base / "outbox" / "s2.error").exists(),
+                 timeout=60)
+        vectors, meta = serve.unpack_result((base / "outbox" / "s1.npz").read_bytes(), 5)
+        np.testing.assert_allclose(vectors[MODEL], np.stack([expected[k] for k in keys]), atol=1e-5)
+        assert meta["fingerprint"] == json.loads((base / serve.HEARTBEAT_NAME).read_text())["fingerprint"]
+        error = (base / "outbox" / "s2.error").read_text()
+        assert error.count("\n") == 1 and error.startswith("the slice file is damaged")
+        assert not list((base / "inbox").iterdir())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert json.loads((base / serve.HEARTBEAT_NAME).read_text())["state"] == "stopped"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -9,7 +9,7 @@ unchanged through a Windows host's command wrapper, which decodes a command's ou
     ROOT/reembed/<model>/outbox/<name>.npz     the vectors (written whole, then renamed)
     ROOT/reembed/<model>/outbox/<name>.error   one line: why this slice cannot be embedded
     ROOT/reembed/<model>/serve.json            heartbeat: pid, state, fingerprint, beat
-    ROOT/reembed/<model>/KILL_REEMBED          stop after the slice in hand
+    ROOT/reembed/<model>/KILL_REEMBED          stop after the slice in hand (SIGTERM too)
 
 The heartbeat's ``beat`` counts up every HEARTBEAT_S, so the re-embed tells a live server
 from a dead or frozen one without comparing two machines' clocks. The model settings are the
@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import os
+import signal
 import tarfile
 import threading
 import time
@@ -145,6 +146,9 @@ def serve(root, model: str, batch_size: int = 0, idle_exit_s: float = 600.0) -> 
         return ALREADY_RUNNING_EXIT
     kill = base / KILL_NAME
     kill.unlink(missing_ok=True)          # a stop meant for a server that is gone
+    asked = threading.Event()             # SIGTERM: the same as the kill file
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: asked.set())
     hb = _Heartbeat(base / HEARTBEAT_NAME, model)
     hb.start()
     try:
@@ -161,7 +165,7 @@ def serve(root, model: str, batch_size: int = 0, idle_exit_s: float = 600.0) -> 
         hb.set(state="ready", fingerprint=fingerprint)
         log.info("reembed-serve %s: ready (fingerprint %s)", model, fingerprint)
         idle_since = time.monotonic()
-        while not kill.exists():
+        while not (kill.exists() or asked.is_set()):
             waiting = sorted(inbox.glob("*.slice"))
             if not waiting:
                 if time.monotonic() - idle_since > idle_exit_s:
