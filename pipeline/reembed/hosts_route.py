@@ -93,6 +93,9 @@ class HostLane:
         deadline = time.monotonic() + timeout_s
         started = 0
         while True:
+            if self.route.should_stop():
+                raise UserError(f"stopped while {self.name} loaded the model: nothing was "
+                                f"computed; run the same command to start again")
             hb = self.heartbeat()
             state = hb.get("state")
             if state == "error":
