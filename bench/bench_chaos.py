@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from bench import chaos_checks as checks          # noqa: E402
 from tests.tcp_proxy import TCPProxy               # noqa: E402
 from pipeline.core.fsutil import read_json_or_none  # noqa: E402
-from pipeline.core.procs import pid_alive         # noqa: E402
+from pipeline.core.procs import describe, pid_alive, process_start_time  # noqa: E402
 from pipeline.core.root import Root               # noqa: E402
 
 STAGES = ("sync", "download", "orchestrate", "tar", "primary", "backup")
@@ -195,7 +195,7 @@ class Chaos:
         self.exits: Counter = Counter()
         self.unexplained: list[str] = []       # a stage ended by a signal the bench did not send
         self.acks: dict[tuple[int, int], str] = {}
-        self.all_pids: list[int] = []
+        self.all_pids: list[tuple[int, float | None]] = []   # (pid, start time): pids wrap
         self.kill_files_left: list[str] = []
 
     # ---- stages -------------------------------------------------------------------------
@@ -204,7 +204,7 @@ class Chaos:
         proc = subprocess.Popen([sys.executable, "-m", "imageselector", "--root", str(self.site.path),
                                  "run", stage, "--once"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
-        self.all_pids.append(proc.pid)
+        self.all_pids.append((proc.pid, process_start_time(proc.pid)))
         return proc
 
     def reap(self, stage: str, proc: subprocess.Popen) -> None:
@@ -334,13 +334,14 @@ class Chaos:
             self.wait_until(lambda: False, rng.uniform(2, 5))
             cfg.write_text(text)
 
-    def run(self, minutes: float, plan: Counter, api_qps: float = 0.0) -> None:
+    def run(self, minutes: float, plan: Counter, api_qps: float = 0.0,
+            etsy_faults: dict | None = None) -> None:
         events = [k for k, n in plan.items() for _ in range(n)]
         self.rng.shuffle(events)
         site = self.site
         if api_qps:      # the catalogue trickles in, so work flows through the whole fault phase
             site.set_client_qps(api_qps)
-        site.admin("faults", {"faults": ETSY_FAULTS, "vanish": VANISH})
+        site.admin("faults", {"faults": etsy_faults or ETSY_FAULTS, "vanish": VANISH})
         end = time.monotonic() + minutes * 60
         pending = deque(events)
         retries: Counter = Counter()
@@ -372,7 +373,7 @@ class Chaos:
         self.wait_until(lambda: False, max(0.0, end - time.monotonic()))
         site.admin("faults", {"clear": True, "vanish": VANISH})
         site.set_client_qps(100)
-        self.counts["etsy_fault_responses"] = sum(site.admin("faults")["injected"].values())
+        self.counts["etsy_fault_responses"] = site.admin("faults")["faulted_responses"]
         self.stop_all()
 
 
@@ -441,9 +442,20 @@ def restore_drills(chaos: Chaos, n: int) -> list[str]:
     return results
 
 
-def leftovers(base: Path, pids: list[int]) -> list[str]:
+def etsy_fault_spec(text: str) -> dict:
+    from pipeline.sandbox.etsy_faults import parse_fault
+    try:
+        return {name: [p, burst] for name, p, burst in map(parse_fault, text.split(","))}
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def leftovers(base: Path, pids: list[tuple[int, float | None]]) -> list[str]:
+    """What the bench started and is still running. A pid alone is not enough: in a long run
+    pids wrap (pid_max is often 32768) and an old stage's pid may be some other process now."""
     import psutil
-    left = [f"pid {p}" for p in pids if pid_alive(p)]
+    left = [f"pid {p}: {describe(p)['cmdline'][:120]}" for p, start in pids
+            if start is not None and pid_alive(p, start)]
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             if str(base) in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
@@ -468,6 +480,10 @@ def main(argv=None) -> int:
                           ("worker-kills", 50), ("disk-floors", 20), ("pipeline-kills", 10),
                           ("backup-drills", 10)):
         ap.add_argument(f"--{flag}", type=int, default=default)
+    ap.add_argument("--etsy-faults", type=etsy_fault_spec, default=ETSY_FAULTS,
+                    help="the local API's faults in the fault phase, NAME=P[:BURST] comma-separated "
+                         "(default %s); with a slow --api-qps, higher rates give more fault "
+                         "responses without more work" % ",".join(f"{k}={p}:{b}" for k, (p, b) in ETSY_FAULTS.items()))
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
@@ -488,7 +504,7 @@ def main(argv=None) -> int:
         plan = Counter({"stage_kill": args.stage_kills, "import_kill": args.import_kills,
                         "ssh_cut": args.ssh_cuts, "ssh_stall": args.ssh_stalls,
                         "worker_kill": args.worker_kills, "disk_floor": args.disk_floors})
-        chaos.run(args.minutes, plan, args.api_qps)
+        chaos.run(args.minutes, plan, args.api_qps, args.etsy_faults)
         pipeline_kills(chaos, args.pipeline_kills)
         drills = restore_drills(chaos, args.backup_drills)
         figures.append(("no kill file left by the runner", not chaos.kill_files_left,

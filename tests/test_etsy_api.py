@@ -241,6 +241,19 @@ def test_fault_spec_parsing():
             parse_fault(bad)
 
 
+def test_faulted_responses_count_a_response_once():
+    from pipeline.sandbox.etsy_faults import Faults
+
+    faults = Faults(seed=1)
+    faults.next("429", 1)
+    faults.next("malformed", 2)
+    draws = [faults.draw() for _ in range(4)]
+    assert draws == [["429", "malformed"], ["malformed"], [], []]
+    state = faults.as_dict()
+    assert state["injected"] == {"429": 1, "malformed": 2}
+    assert state["faulted_responses"] == 2      # three faults on two responses
+
+
 def test_big_leaf_is_cheap_and_exceeds_the_cap():
     cat = Catalogue(listings=30, big_leaf=(977, 12500))
     assert cat.count_in_band(977, 0, 10 ** 9) > 12000

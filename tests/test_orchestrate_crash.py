@@ -116,6 +116,12 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path):
         assert os.waitstatus_to_exitcode(status) == 0, f"after kill {i}: {report['problems']}"
         assert _leaks(root) == [], f"after kill {i}"
     assert in_import >= ITERATIONS // 4, "too few kills landed in an import"
+    # what a kill in the middle of writing a manifest or a spool record leaves behind
+    spool = root.run_dir / "orchestrate"
+    half_written = [spool / "manifests" / ".999.json.k1ll3d.tmp", spool / ".started.json.k1ll3d.tmp"]
+    for p in half_written:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("{")
     # a last run finishes everything: nothing lost, nothing doubled
     pid = _fork(_orchestrate_child, root.path, wroot, True, marker, True)
     deadline = time.monotonic() + 90
@@ -131,5 +137,6 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path):
     assert os.waitstatus_to_exitcode(status) == 0, (root.path / "child.log").read_text()[-3000:]
     assert_indexed_once(root, keys)
     assert _leaks(root) == []
+    assert [p for p in spool.rglob("*.tmp")] == []
     assert list(root.download_dir.iterdir()) == []
     assert sorted(p.name for p in root.bgremoved_dir.iterdir()) == sorted(f"{a}_{b}.jpg" for a, b in keys)

@@ -117,12 +117,19 @@ def test_sigkill_leaves_crashed_state_and_next_start_recovers(tmp_root):
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not pid_alive(pid), what="SIGKILL")
     assert stage_status(tmp_root, "selftest")["state"] == "crashed"
+    # what a SIGKILL in the middle of a heartbeat write leaves (atomic_write_bytes' temp name)
+    half_written = tmp_root.run_dir / ".selftest.json.k1ll3d.tmp"
+    half_written.write_text('{"pid": ')
+    someone_elses = tmp_root.run_dir / ".sync.json.ab12cd.tmp"
+    someone_elses.write_text('{"pid": ')
     status = cli_json("status", root=tmp_root)
     assert next(s for s in status["stages"] if s["name"] == "selftest")["state"] == "crashed"
     # the next start takes over the stale lock and records the crash
     run_cli("start", "selftest", "--work-s", "0.05", root=tmp_root, check=True)
     new_pid = read_json_or_none(tmp_root.heartbeat_path("selftest"))["pid"]
     assert new_pid != pid
+    assert not half_written.exists()          # the restarted stage swept its own leftover
+    assert someone_elses.exists()             # and left another stage's alone
     run_cli("stop", "selftest", "--wait", root=tmp_root, check=True)
     runs = _runs(tmp_root)
     assert [r[3] for r in runs] == ["crashed", "stopped"]

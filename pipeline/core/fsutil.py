@@ -45,6 +45,20 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True, mode: int 
         fsync_dir(path.parent)
 
 
+def remove_write_leftovers(folder: Path, name: str = "*") -> int:
+    """Remove the temp files atomic_write_bytes leaves when its writer is SIGKILLed mid-write
+    (``.NAME.XXXX.tmp`` beside NAME). Only the files' sole writer may call this, at its start
+    (e.g. a stage under its instance lock): another live writer's temp would vanish under it."""
+    removed = 0
+    for tmp in Path(folder).glob(f".{name}.*.tmp"):
+        try:
+            tmp.unlink()
+            removed += 1
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            pass
+    return removed
+
+
 def atomic_write_json(path: Path, value: Any, durable: bool = False) -> None:
     """Heartbeats and control files: atomic, but not fsynced (they are rewritten every few
     seconds and a lost one is harmless)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import AlreadyRunning, UserError
-from pipeline.core.fsutil import atomic_write_json, read_json_or_none
+from pipeline.core.fsutil import atomic_write_json, read_json_or_none, remove_write_leftovers
 from pipeline.core.procs import process_start_time
 
 from pipeline.core.stage import StageState, StageSpec, spec
@@ -353,7 +353,9 @@ def run_stage(root, name: str, once: bool = False, args: argparse.Namespace | No
         if refused is not None:
             refused(root, str(exc))
         raise
-    previous = read_json_or_none(root.heartbeat_path(name))
+    hb_path = root.heartbeat_path(name)
+    previous = read_json_or_none(hb_path)
+    remove_write_leftovers(hb_path.parent, hb_path.name)   # a killed run's half-written heartbeat
     log = setup_stage_logging(root, stage)
     ctx = StageContext(root, stage, once, args, log, previous)
     now = time.time()

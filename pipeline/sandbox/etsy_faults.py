@@ -41,6 +41,7 @@ class Faults:
         self.slow_s = 2.0
         self.retry_after_s = 1
         self.injected: collections.Counter = collections.Counter()
+        self.faulted_responses = 0      # a response can carry two faults: counted once here
         self.queued: collections.Counter = collections.Counter()
 
     def next(self, name: str, n: int) -> None:
@@ -87,6 +88,7 @@ class Faults:
                     hit.append(name)
             for name in hit:
                 self.injected[name] += 1
+            self.faulted_responses += bool(hit)
         return hit
 
     def vanished(self, listing_id: int) -> bool:
@@ -98,7 +100,8 @@ class Faults:
         with self.lock:
             return {"faults": {k: [p, b] for k, (p, b) in self.spec.items()},
                     "vanish": self.vanish, "slow_s": self.slow_s,
-                    "retry_after_s": self.retry_after_s, "injected": dict(self.injected)}
+                    "retry_after_s": self.retry_after_s, "injected": dict(self.injected),
+                    "faulted_responses": self.faulted_responses}
 
 
 def corrupt(value, rng: random.Random):

@@ -110,7 +110,13 @@ class Orchestrator(WorkersMixin, BatchesMixin, ResultsMixin, RayDrainMixin):
                        embedder_overrides(self.root.config), self.root.profile, s.lease_s)
 
     def _tidy_spool(self) -> None:
-        """Tars of shipments and downloads a killed run left half-made."""
+        """Tars of shipments and downloads a killed run left half-made, and the temp files
+        of manifests and spool records it was writing when it died."""
+        from pipeline.core.fsutil import remove_write_leftovers
+
+        for folder in (self.spool, self.spool / "manifests"):
+            if folder.is_dir():
+                remove_write_leftovers(folder)
         for sub in ("out", "in"):
             d = self.spool / sub
             if not d.is_dir():
