@@ -320,6 +320,22 @@ def test_a_bad_ray_worker_is_one_clear_error(tmp_path, body, wrong):
         load_hosts(path)
 
 
+def test_a_second_cluster_address_in_one_process_is_refused(monkeypatch):
+    """A Ray driver joins one cluster: connecting again to another address must not silently
+    use the first one (the work would go to the wrong machines)."""
+    import ray
+
+    from pipeline.core import raycluster
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(raycluster, "_connected_to", "ray://10.0.0.5:10001")
+    raycluster.connect("ray://10.0.0.5:10001", "cloud")           # the same one: nothing to do
+    with pytest.raises(raycluster.RayUnavailableError,
+                       match=r"^cloud: this process is already connected to the Ray cluster at "
+                             r"ray://10\.0\.0\.5:10001, not 10\.0\.0\.6:6379"):
+        raycluster.connect("10.0.0.6:6379", "cloud")
+
+
 def test_a_ray_worker_is_kept_apart_from_the_ssh_hosts(tmp_path):
     from remote.hosts import load_hosts
 

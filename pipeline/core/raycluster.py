@@ -11,13 +11,22 @@ class RayUnavailableError(Exception):
     """Ray is not installed here, or the cluster does not answer (the text says which)."""
 
 
+_connected_to: str | None = None    # the address this process's driver joined (one per process)
+
+
 def connect(address: str, who: str) -> None:
-    """``ray.init`` once per process (a second call with the same address is a no-op)."""
+    """``ray.init`` once per process (a second call with the same address is a no-op; another
+    address is refused, since a Ray driver joins one cluster and would silently use the first)."""
+    global _connected_to
     try:
         import ray
     except ImportError:
         raise RayUnavailableError(f"{who}: ray is not installed here (pip install ray)") from None
     if ray.is_initialized():
+        if _connected_to is not None and _connected_to != address:
+            raise RayUnavailableError(f"{who}: this process is already connected to the Ray "
+                                      f"cluster at {_connected_to}, not {address} (one cluster "
+                                      f"per process: run the other separately)")
         return
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
@@ -25,6 +34,7 @@ def connect(address: str, who: str) -> None:
     except Exception as exc:
         raise RayUnavailableError(f"{who}: cannot reach the Ray cluster at {address}: "
                                   f"{exc}") from None
+    _connected_to = address
 
 
 def lost_errors() -> tuple:
