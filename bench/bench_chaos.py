@@ -6,6 +6,7 @@ comparison with a fault-free run of the same catalogue.
     .venv/bin/python bench/bench_chaos.py [--seed N] [--minutes M] [--listings L]
         [--stage-kills N] [--import-kills N] [--ssh-cuts N] [--ssh-stalls N]
         [--worker-kills N] [--disk-floors N] [--pipeline-kills N] [--backup-drills N]
+        [--api-qps Q] [--etsy-faults NAME=P[:BURST],...] [--overrun-minutes M] [--keep]
 
 Stops go through kill files; the bench SIGKILLs only processes it started (by pid) or a
 worker by the exact pid in its run/worker.json.
@@ -335,7 +336,7 @@ class Chaos:
             cfg.write_text(text)
 
     def run(self, minutes: float, plan: Counter, api_qps: float = 0.0,
-            etsy_faults: dict | None = None) -> None:
+            etsy_faults: dict | None = None, overrun_minutes: float | None = None) -> None:
         events = [k for k, n in plan.items() for _ in range(n)]
         self.rng.shuffle(events)
         site = self.site
@@ -367,7 +368,8 @@ class Chaos:
                 states = Counter(checks.states(site.root).values())
                 say(f"  {i} tried, {len(pending)} to go, {end - time.monotonic():.0f} s left: "
                     f"{dict(self.counts)}; images {dict(states)}")
-            if time.monotonic() > end + 30 * minutes:     # far behind the schedule: stop
+            overrun = 30 * minutes if overrun_minutes is None else 60 * overrun_minutes
+            if time.monotonic() > end + overrun:     # far behind the schedule: stop
                 say(f"schedule overran: stopped with {len(pending)} faults not injected")
                 break
         self.wait_until(lambda: False, max(0.0, end - time.monotonic()))
@@ -484,6 +486,10 @@ def main(argv=None) -> int:
                     help="the local API's faults in the fault phase, NAME=P[:BURST] comma-separated "
                          "(default %s); with a slow --api-qps, higher rates give more fault "
                          "responses without more work" % ",".join(f"{k}={p}:{b}" for k, (p, b) in ETSY_FAULTS.items()))
+    ap.add_argument("--overrun-minutes", type=float, default=None,
+                    help="how long past the fault phase the faults waiting for their moment (a "
+                         "batch in hand, an import running) may still be tried (default: half "
+                         "the phase)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
@@ -504,7 +510,7 @@ def main(argv=None) -> int:
         plan = Counter({"stage_kill": args.stage_kills, "import_kill": args.import_kills,
                         "ssh_cut": args.ssh_cuts, "ssh_stall": args.ssh_stalls,
                         "worker_kill": args.worker_kills, "disk_floor": args.disk_floors})
-        chaos.run(args.minutes, plan, args.api_qps, args.etsy_faults)
+        chaos.run(args.minutes, plan, args.api_qps, args.etsy_faults, args.overrun_minutes)
         pipeline_kills(chaos, args.pipeline_kills)
         drills = restore_drills(chaos, args.backup_drills)
         figures.append(("no kill file left by the runner", not chaos.kill_files_left,
