@@ -198,6 +198,26 @@ def test_backup_target_that_is_not_a_mounted_volume_is_refused(tmp_root, smtp, t
     assert list(not_a_volume.iterdir()) == []  # nothing was written into the empty mount point
 
 
+def test_one_missing_volume_of_two_targets_is_one_alert(tmp_root, smtp, tmp_path):
+    """The folder target is backed up; the unmounted volume is named once (the backup's own
+    backup_failed, with the fix), not also as volume_missing from the runner's preflight."""
+    not_a_volume = tmp_path / "HDD1TB"
+    not_a_volume.mkdir()
+    _configure(tmp_root, smtp, tmp_path, runner=(
+        'phase1 = ["selftest --once --work-s 0"]\ndriver = "selftest"\nphase2 = ["backup"]\n'))
+    with open(tmp_root.config_path, "a") as fh:
+        fh.write(f'[backup.targets.hdd]\nkind = "volume"\npath = "{not_a_volume}"\n')
+    run_cli("run", "pipeline", root=tmp_root, timeout=120)
+    conn = db.open_db(tmp_root)
+    steps = dict(conn.execute("SELECT step, outcome FROM runner_steps").fetchall())
+    assert steps["backup"] != "skipped"
+    assert any((tmp_path / "backups").iterdir())      # the mounted target got its snapshot
+    about_hdd = [a[0] for a in _alerts(tmp_root)
+                 if a[0] not in ("run_started", "run_finished", "run_failed") and "hdd" in a[1]]
+    assert about_hdd == ["backup_failed"], _alerts(tmp_root)
+    assert list(not_a_volume.iterdir()) == []
+
+
 SELFTEST_RUN = ('phase1 = ["selftest --once --work-s 0.01 --batch 5"]\ndriver = "selftest"\n'
                 'phase2 = []\n')
 

@@ -371,7 +371,9 @@ class Runner:
                 self.record_step(step)
                 continue
             # prove the step's volumes are mounted and writable before it runs: a missing
-            # one skips what needs it (with an alert), the rest runs
+            # one skips what needs it, the rest runs. When nothing is left the step is skipped
+            # and volume_missing says why; when some is left the stage alerts each destination
+            # it could not write itself (backup_failed, with the fix): one fault, one alert
             preflight = _stage_hook(stage, "preflight")
             problems, runnable = [], True
             if preflight is not None:
@@ -379,9 +381,9 @@ class Runner:
                     problems, runnable = preflight(self.root, args)
                 except Exception as exc:
                     problems, runnable = [f"preflight failed: {exc}"], False
-            if problems:
-                self.alerter.send("volume_missing", f"{step.name}: " + "; ".join(problems))
             if not runnable:
+                if problems:
+                    self.alerter.send("volume_missing", f"{step.name}: " + "; ".join(problems))
                 step.state, step.outcome, step.reason = "skipped", "skipped", "; ".join(problems)
                 step.started_at = step.ended_at = time.time()
                 self.record_step(step)
