@@ -11,13 +11,12 @@ from pipeline.core.config import Config, config_values, toml_defaults
 from pipeline.stages.download.settings import Settings as DownloadSettings
 from pipeline.models.registry import ModelSettings
 from pipeline.stages.orchestrate.settings import OrchestrateSettings
-from pipeline.search.helper_client import HelperSettings
 from pipeline.search.settings import SearchSettings
 from pipeline.index.searchindex import BuildSettings
 from pipeline.models.batch_run import WorkerSettings
 
 SETTINGS = (ConsoleSettings, BgSettings, DownloadSettings, ModelSettings, OrchestrateSettings,
-            SearchSettings, HelperSettings, BuildSettings, WorkerSettings)
+            SearchSettings, BuildSettings, WorkerSettings)
 
 
 @pytest.mark.parametrize("cls", SETTINGS, ids=lambda c: c.__name__)

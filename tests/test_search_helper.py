@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from pipeline.core.errors import UserError
-from pipeline.search.helper_client import HelperSettings, SearchHelperClient
+from pipeline.search.helper_client import SearchHelperClient
+from pipeline.search.settings import SearchSettings
 from pipeline.search.helper_query import parse_query_text, request_from_json, request_to_json
 from tests.console_support import toml_value
 from tests.models_support import furniture_jpeg
@@ -121,7 +122,7 @@ def test_console_searches_through_the_helper_and_never_loads_torch(catalogue_roo
 
 def test_helper_stops_when_idle_and_starts_again_quietly(catalogue_root):
     root, _ = catalogue_root
-    client = SearchHelperClient(root, HelperSettings(helper_idle_s=0.3, helper_text_cache=4))
+    client = SearchHelperClient(root, SearchSettings(helper_idle_s=0.3, helper_text_cache=4))
     try:
         first = client.stats()
         assert first["notes"] == [] and first["modules"] == []   # no model loaded for stats
@@ -135,7 +136,7 @@ def test_helper_stops_when_idle_and_starts_again_quietly(catalogue_root):
 
 def test_helper_answers_bad_requests_with_one_line_and_keeps_going(catalogue_root):
     root, cat = catalogue_root
-    client = SearchHelperClient(root, HelperSettings(helper_idle_s=60, helper_text_cache=4))
+    client = SearchHelperClient(root, SearchSettings(helper_idle_s=60, helper_text_cache=4))
     try:
         with pytest.raises(UserError, match="unknown op 'nope'"):
             client._ask({"op": "nope"}, None)

@@ -7,25 +7,13 @@ import json
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.core.config import config_values, toml_defaults
 from pipeline.core.errors import UserError
 from pipeline.search.helper_query import request_to_json
 from pipeline.search.request import SearchRequest
-
-
-@dataclass
-@toml_defaults("search")
-class HelperSettings:
-    helper_idle_s: float
-    helper_text_cache: int
-
-    @classmethod
-    def from_config(cls, config) -> "HelperSettings":
-        return cls(**config_values(cls, config))
+from pipeline.search.settings import SearchSettings
 
 
 class HelperDied(UserError):
@@ -36,10 +24,10 @@ class SearchHelperClient:
     """One helper process per client. ``search`` is safe from any thread: requests wait
     their turn (a request the pane gave up on still finishes first)."""
 
-    def __init__(self, root, settings: HelperSettings | None = None, locate: str | None = None,
+    def __init__(self, root, settings: SearchSettings | None = None, locate: str | None = None,
                  python: str = sys.executable):
         self.root = root
-        self.settings = settings or HelperSettings.from_config(root.config)
+        self.settings = settings or SearchSettings.from_config(root.config)
         self.locate = locate
         self.python = python
         self.proc: subprocess.Popen | None = None

@@ -1,4 +1,5 @@
-"""Search settings: the ``[search]`` config section as a dataclass (issues 7 and 19)."""
+"""Search settings: the ``[search]`` config section as a dataclass (issues 7 and 19), the one
+class that reads it (the engine, the search helper and the console's helper client)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ class SearchSettings:
     same_item_min_score: float
     same_item_scores: dict
     same_item_depth: int
+    helper_idle_s: float
+    helper_text_cache: int
 
     @classmethod
     def from_config(cls, config) -> "SearchSettings":
