@@ -8,7 +8,8 @@ from console.screens.confirm_screen import ConfirmScreen
 from console.screens.escalate_screen import EscalateScreen
 from console.screens.typed_confirm_screen import TypedConfirmScreen
 from console.widgets.stages_panel import row_key
-from console.widgets.scale_out import RAY_REFUSAL
+from console.widgets.scale_out import RAY_REFUSAL, SERVE_REFUSAL
+from pipeline.reembed.serve_rows import SERVE_KIND
 
 DEPLOY_PHRASE = "YES:GIT"
 
@@ -34,6 +35,9 @@ class StageActions:
         row = self._selected()
         if row is not None and row.get("kind") == "ray":
             self.refuse(RAY_REFUSAL.format(name=row.get("host")))
+            return None
+        if row is not None and row.get("kind") == SERVE_KIND:
+            self.refuse(SERVE_REFUSAL.format(key=row_key(row)))
             return None
         return row
 
@@ -141,8 +145,9 @@ class StageActions:
     def action_stop_all(self) -> None:
         """Kill files for every running stage, one after the other in the order the dialog
         lists (one action thread), leaving the sandbox's local Etsy API running."""
-        # a Ray worker drains when the orchestrator stops (it has no kill file of its own)
-        live = [r for r in self.all_rows() if r.get("kind") != "ray"]
+        # a Ray worker drains when the orchestrator stops (it has no kill file of its own); a
+        # re-embed server stops with its re-embed
+        live = [r for r in self.all_rows() if r.get("kind") not in ("ray", SERVE_KIND)]
         rows = actions.stop_all_order(live)
         kept = actions.stop_all_kept(live)
         if not rows:

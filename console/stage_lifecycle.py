@@ -23,7 +23,7 @@ class StageLifecycle:
         return pause_file
 
     def action_pause_stage(self) -> None:
-        row = self._selected()
+        row = self._selected_stage()
         if row is None or not self._pausable(row, "pause"):
             return
         state = row.get("state")
@@ -39,7 +39,7 @@ class StageLifecycle:
                         done=lambda kind, data: self.kick("stages", "run"))
 
     def action_resume_stage(self) -> None:
-        row = self._selected()
+        row = self._selected_stage()
         pause_file = row and self._pausable(row, "resume")
         if not pause_file:
             return

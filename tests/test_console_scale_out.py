@@ -125,3 +125,80 @@ def test_pollers_show_an_unseen_ray_worker_and_no_reembed(tmp_path):
                              what="the orchestrator's log under the Ray worker")
 
     asyncio.run(scenario())
+
+
+def _serve_heartbeat(root_path: Path, model: str, **values) -> None:
+    import json
+    import os
+
+    folder = root_path / "reembed" / model
+    folder.mkdir(parents=True, exist_ok=True)
+    hb = {"pid": os.getpid(), "model": model, "state": "busy", "beat": 9, "fingerprint": "f",
+          "slice": "s000003", "slices": 2, "error": None, "t": time.time(), **values}
+    (folder / "serve.json").write_text(json.dumps(hb))
+
+
+def test_reembed_servers_on_a_worker_are_rows_of_that_host(tmp_path):
+    """A re-embed's servers (reembed-serve, one per model) on a worker host show under that
+    host, read by the real host adapter; their keys say what starts and stops them, and stop
+    all leaves them to their re-embed."""
+    from console.polling import OK
+    from pipeline.core.hoststages import host_stage_rows
+
+    root = make_root(tmp_path / "root")
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    (root.path / "hosts.toml").write_text(f'[workers.mac]\nlocal = true\nroot = "{worker}"\n')
+    _serve_heartbeat(worker, "dinov2_large")
+    _serve_heartbeat(worker, "clip_vitb32", state="ready", slice=None, slices=7)
+    _serve_heartbeat(worker, "clip_vitl14", state="stopped")          # ended: no row
+    rows = host_stage_rows(root, "mac", 5.0)
+    serving = {r["model"]: r for r in rows if r.get("kind") == "reembed-serve"}
+    assert sorted(serving) == ["clip_vitb32", "dinov2_large"]
+    assert serving["dinov2_large"]["current"] == "dinov2_large: slice s000003"
+    assert serving["clip_vitb32"]["current"] == "clip_vitb32: ready, 7 slices done"
+
+    app = ConsoleApp(root, clock=fixed_clock, poll=False, image_class=None)
+    refused: list[str] = []
+    app.refuse = refused.append
+
+    async def scenario() -> None:
+        async with app.run_test(size=(160, 50)) as pilot:
+            app.feed_status(load_fixture("status_busy.json"))
+            app.hosts = [{"name": "mac"}]
+            app._apply("host:mac", OK, rows, None)
+            await pilot.pause()
+            table = app.query_one(StagesTable)
+            key = "mac/reembed-serve/dinov2_large"
+            assert key in table.keys() and "mac/reembed-serve/clip_vitb32" in table.keys()
+            assert table.cell_text(key, "stage") == "reembed-serve"
+            assert table.cell_text(key, "current") == "dinov2_large: slice s000003"
+            table.focus()
+            table.move_cursor(row=table.keys().index(key))
+            await pilot.pause()
+            for action in (app.action_stop_stage, app.action_start_stage, app.action_pause_stage,
+                           app.action_restart_stage, app.action_force_stop):
+                refused.clear()
+                action()
+                assert refused and "serves a re-embed" in refused[-1] and key in refused[-1]
+            assert key not in app.stopping
+            # the Logs panel follows it to the servers' log on that worker
+            (worker / "logs").mkdir(exist_ok=True)
+            (worker / "logs" / "reembed-serve.log").write_text("reembed-serve dinov2_large: ready\n")
+            assert app._log_fetch(key)() == ["reembed-serve dinov2_large: ready"]
+
+    asyncio.run(scenario())
+
+
+def test_a_reembed_server_that_stopped_beating_is_stale_and_an_old_leftover_is_gone():
+    from pipeline.reembed.serve_rows import GONE_AFTER_S, serve_row
+
+    now = 1_000_000.0
+    hb = {"pid": 42, "state": "busy", "slice": "s000001", "slices": 0, "t": now - 5}
+    assert serve_row("w1", "m", hb, now, 30.0)["state"] == "running"
+    stale = serve_row("w1", "m", {**hb, "t": now - 31}, now, 30.0)
+    assert stale["state"] == "stale" and stale["pid"] is None and "died or froze" in stale["message"]
+    assert serve_row("w1", "m", {**hb, "t": now - GONE_AFTER_S - 1}, now, 30.0) is None
+    failed = serve_row("w1", "m", {**hb, "state": "error", "error": "m cannot load: no weights"}, now, 30.0)
+    assert failed["state"] == "crashed" and failed["message"] == "m cannot load: no weights"
+    assert serve_row("w1", "m", None, now, 30.0) is None

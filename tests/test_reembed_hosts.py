@@ -221,6 +221,11 @@ def test_a_server_killed_mid_slice_its_slice_is_done_elsewhere_once(root, lab, e
     held = next(lab.hold.glob("*.held"))
     pid = int(held.read_text())
     assert pid == lab.heartbeat("w1")["pid"]
+    # the console's host poll shows w1's server holding the slice (over SSH, as any host row)
+    from pipeline.core.hoststages import host_stage_rows
+    serving = [r for r in host_stage_rows(root, "w1", 10.0) if r.get("kind") == "reembed-serve"]
+    assert [(r["model"], r["state"], r["pid"]) for r in serving] == [(MODEL, "running", pid)]
+    assert serving[0]["current"].startswith(f"{MODEL}: slice ")
     os.kill(pid, signal.SIGKILL)                   # the server dies with the slice in hand
     (lab.hold / "hold").unlink()
     t.join(240)

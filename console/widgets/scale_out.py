@@ -11,6 +11,8 @@ _STATES = {"running": "running", "stopped": "stopped", "unreachable": "unreachab
            "error": "error"}
 RAY_REFUSAL = ("{name} is a Ray cluster: its actors start with the orchestrator and drain "
                "when it stops (local/orchestrate)")
+SERVE_REFUSAL = ("{key} serves a re-embed: it starts with `imageselector reembed MODEL --workers "
+                 "HOST` and stops when that command stops (Ctrl-C) or sits idle")
 
 
 def _actors(ray: dict) -> str:

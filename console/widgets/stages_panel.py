@@ -45,7 +45,9 @@ def usage_cells(row: dict) -> tuple[str, str]:
 
 
 def row_key(row: dict) -> str:
-    return f"{row.get('host', 'local')}/{row['name']}"
+    key = f"{row.get('host', 'local')}/{row['name']}"
+    # a host serves a re-embed per model (pipeline/reembed/serve_rows.py): one row each
+    return f"{key}/{row['model']}" if row.get("model") else key
 
 
 def state_label(row: dict, stop_requested: bool) -> str:

@@ -15,6 +15,7 @@ imported when a host is first used.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from typing import Any, Callable
@@ -219,23 +220,45 @@ def host_stage_rows(root, host_name: str, timeout_s: float, now: float | None = 
     if host.local:
         return _local_rows(root, host, now)
 
-    def look(transport) -> tuple[float, list[tuple[str, dict | None, bool]]]:
+    def look(transport) -> tuple[float, list[tuple[str, dict | None, bool]], dict]:
         out = []
         for stage in HOST_STAGES:
             hb = _parse_heartbeat(_read_root_text(transport, heartbeat_relpath(stage)))
             finished = not hb or hb.get("state") == StageState.STOPPED.value
             # the kill file matters only while the stage is up ("stopping")
             out.append((stage, hb, False if finished else _kill_present(transport, stage)))
-        return transport.clock_offset_s(), out   # measured once per connection
+        return transport.clock_offset_s(), out, _serve_heartbeats(transport)
 
     try:
-        offset, seen = _on_link(root, host_name, timeout_s, "stage status", look)
+        offset, seen, serving = _on_link(root, host_name, timeout_s, "stage status", look)
     except RemoteError as exc:
         return unreachable_rows(host_name, str(exc))
     now = time.time() if now is None else now
     # the heartbeats carry the host's clock: age them by it
-    return [{**_row(root, host, stage, hb, kill, now + offset), "clock_offset_s": round(offset, 3)}
-            for stage, hb, kill in seen]
+    rows = [_row(root, host, stage, hb, kill, now + offset) for stage, hb, kill in seen]
+    rows += _serve_rows(root, host.name, serving, now + offset)
+    return [{**r, "clock_offset_s": round(offset, 3)} for r in rows]
+
+
+def _serve_heartbeats(transport) -> dict[str, dict | None]:
+    """The re-embed servers' heartbeats on the host, by model: one folder listing, and a read
+    per model only where a re-embed has run there."""
+    from pipeline.reembed.serve_rows import SERVE_DIR, heartbeat_relpath as serve_relpath, parse
+    from remote.errors import RemoteFileMissing
+
+    try:
+        models = transport.list_dir(transport.join(SERVE_DIR))
+    except RemoteFileMissing:
+        return {}
+    return {m: parse(_read_root_text(transport, serve_relpath(m))) for m in models}
+
+
+def _serve_rows(root, host_name: str, serving: dict[str, dict | None], now: float) -> list[dict]:
+    from pipeline.reembed.serve_rows import serve_row
+
+    stale_after_s = float(root.config.get("stage.stale_after_s"))
+    rows = [serve_row(host_name, model, hb, now, stale_after_s) for model, hb in sorted(serving.items())]
+    return [r for r in rows if r is not None]
 
 
 def _local_rows(root, host, now: float | None) -> list[dict]:
@@ -243,10 +266,20 @@ def _local_rows(root, host, now: float | None) -> list[dict]:
     from pipeline.core.root import Root
     from pipeline.core.stage_observe import stage_status
 
+    from pipeline.core.fsutil import read_json_or_none
+    from pipeline.reembed.serve_rows import SERVE_DIR, heartbeat_relpath as serve_relpath
+
     path = host.root or str(root.path)
     worker_root = root if path == str(root.path) else Root(path)
-    return [{**stage_status(worker_root, stage, now), "host": host.name, "error": None}
+    rows = [{**stage_status(worker_root, stage, now), "host": host.name, "error": None}
             for stage in HOST_STAGES]
+    try:
+        models = sorted(os.listdir(worker_root.path / SERVE_DIR))
+    except (FileNotFoundError, NotADirectoryError):
+        models = []
+    serving = {m: hb if isinstance(hb := read_json_or_none(worker_root.path / serve_relpath(m)), dict)
+               else None for m in models}
+    return rows + _serve_rows(root, host.name, serving, time.time() if now is None else now)
 
 
 # ---------------------------------------------------------------------------
@@ -330,8 +363,12 @@ def stop_remote(root, host_name: str, stage: str, timeout_s: float | None = None
 
 def host_log_tail(root, host_name: str, stage: str, lines: int,
                   timeout_s: float | None = None) -> list[str]:
-    """The last lines of the stage's log on the host."""
-    _check_stage(stage, host_name)
+    """The last lines of the stage's log on the host (or of its re-embed servers':
+    stage "reembed-serve")."""
+    from pipeline.reembed.serve_rows import SERVE_KIND
+
+    if stage != SERVE_KIND:
+        _check_stage(stage, host_name)
     timeout_s = _command_timeout(root) if timeout_s is None else float(timeout_s)
     _, host = _host(root, host_name)
     if host.local:
