@@ -118,9 +118,9 @@ COMMANDS: list[ConsoleCommand] = [
     ConsoleCommand("search_history_forward", "down", "search_history_forward", "Next query",
                    "put the next query of the history into the box", "Search", where="search",
                    footer=False),
-    ConsoleCommand("search_cancel", "escape", "search_cancel", "Cancel search",
+    ConsoleCommand("search_cancel", "escape", "search_cancel", "Leave box / cancel",
                    "stop waiting for the running search (its late answer is dropped); "
-                   "leaves the box", "Search", where="search", footer=False),
+                   "leaves the box", "Search", where="search"),
     # View
     ConsoleCommand("refresh_now", "r", "refresh_now", "Refresh now",
                    "poll every source now", "View", footer=False),

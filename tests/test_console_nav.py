@@ -178,7 +178,11 @@ def test_each_tabs_footer_shows_its_keys_and_help_lists_navigation(tmp_path):
             run = footer_actions(app)
             assert {"start_run", "pause_all"} <= run
             assert not run & {"start_stage", "stop_stage", "filter_table", "log_search"}
-            await pilot.press("3", "escape")
+            await pilot.press("3")
+            await pilot.pause()
+            # the query box takes printable keys: its footer says what Enter and Escape do
+            assert {"submit", "search_cancel"} <= footer_actions(app)
+            await pilot.press("escape")
             await pilot.pause()
             search = footer_actions(app)
             assert not search & {"start_stage", "start_run", "log_search", "filter_table"}

@@ -9,6 +9,7 @@ import time
 
 from textual import on
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Grid, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Static
@@ -18,6 +19,14 @@ from console.widgets.text_updates import set_message
 
 SYNTAX = ("price:20-80 shop:ID taxonomy:ID state:any since:YYYY-MM-DD unseen · listing:ID "
           "same:ID combine:fuse · ? keys")
+
+
+class SearchInput(Input):
+    """The query box. It takes every printable key, so the footer would show only ctrl+p
+    while it has the focus: it shows what Enter does there (Escape, leave the box, is the
+    app's search_cancel, shown on the whole Search tab)."""
+
+    BINDINGS = [Binding("enter", "submit", "Search")]
 
 
 class SearchPane(Vertical):
@@ -40,7 +49,7 @@ class SearchPane(Vertical):
     def compose(self) -> ComposeResult:
         # select_on_focus off: coming back to the box must not make the first key replace the
         # previous query
-        yield Input(placeholder="words, image paths, listing:ID, same:ID, price:20-80 shop:ID; "
+        yield SearchInput(placeholder="words, image paths, listing:ID, same:ID, price:20-80 shop:ID; "
                                 "Enter searches; Escape leaves the box",
                     id="search-input", select_on_focus=False)
         yield Static(SYNTAX, id="search-syntax", classes="panel-hint")
