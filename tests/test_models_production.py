@@ -325,6 +325,17 @@ def test_unload_setting_values_and_the_cpu_rule(monkeypatch, tmp_root):
     monkeypatch.setenv("IMAGESELECTOR_MODELS_UNLOAD_BETWEEN_MODELS", "always")
     tmp_root.__dict__.pop("config", None)
     assert ModelSettings.from_config(tmp_root.config).unload_between_models == "always"
+    # in the root's file: a TOML true is "always"; a wrong value names the words it takes
+    monkeypatch.delenv("IMAGESELECTOR_MODELS_UNLOAD_BETWEEN_MODELS")
+    for written, meant in (("true", "always"), ("false", "never"), ('"never"', "never")):
+        tmp_root.config_path.write_text(f"[models]\nunload_between_models = {written}\n")
+        tmp_root.__dict__.pop("config", None)
+        assert ModelSettings.from_config(tmp_root.config).unload_between_models == meant
+    tmp_root.config_path.write_text("[models]\nunload_between_models = 3\n")
+    tmp_root.__dict__.pop("config", None)
+    with pytest.raises(UserError, match=r"imageselector.toml: models.unload_between_models must "
+                                        r"be one of auto, always, never, got 3$"):
+        ModelSettings.from_config(tmp_root.config)
     # on the CPU the memory is the system's
     cpu = ModelSet(ModelSettings(profile="test", device="cpu"))
     small = psutil.virtual_memory().total < auto_unload_threshold_bytes(cpu.specs())

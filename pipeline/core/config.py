@@ -104,8 +104,30 @@ def config_values(cls, config: "Config") -> dict[str, Any]:
     return {name: config.get(dotted) for name, dotted in cls.__config_keys__.items()}
 
 
+# String keys that take one of a few words, and the other spellings each word has (a TOML
+# true/false or yes/no where the words mean yes or no): a wrong value is named with the words.
+_YES = ("true", "yes", "on", "1")
+_NO = ("false", "no", "off", "0")
+CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
+    "models.unload_between_models": {"auto": (), "always": _YES, "never": _NO},
+}
+
+
+def choice_of(value: Any, key: str, where: str | None = None) -> str:
+    """The word of CHOICES[key] that VALUE means (a bool or an alias counts), or UserError."""
+    words = CHOICES[key]
+    text = str(value).strip().lower()
+    for word, aliases in words.items():
+        if text == word or text in aliases:
+            return word
+    raise UserError(f"{where + ': ' if where else ''}{key} must be one of {', '.join(words)}, "
+                    f"got {value!r}")
+
+
 def _coerce(value: Any, default: Any, where: str, key: str) -> Any:
     """Check ``value`` against the type of ``default``; strings from the environment are parsed."""
+    if key in CHOICES:
+        return choice_of(value, key, where)
     if default is None or default is _MISSING:
         return value
     want = type(default)

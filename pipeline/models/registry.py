@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.config import config_values, toml_defaults
+from pipeline.core.config import CHOICES, choice_of, config_values, toml_defaults
 from pipeline.core.errors import UserError
 
 # Some DINO ops are missing on MPS; the fallback must be in the environment before torch
@@ -35,9 +35,8 @@ PROFILES = ("production", "test", "random")
 PROFILE_ENV = "IMAGESELECTOR_MODELS_PROFILE"
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cuda", "mps", "cpu")
-UNLOAD_CHOICES = ("auto", "always", "never")
-_UNLOAD_ALIASES = {"true": "always", "yes": "always", "on": "always", "1": "always",
-                   "false": "never", "no": "never", "off": "never", "0": "never"}
+UNLOAD_KEY = "models.unload_between_models"
+UNLOAD_CHOICES = tuple(CHOICES[UNLOAD_KEY])          # auto, always, never
 # "auto" unloads when the device's memory is below this many times the weights of the
 # models the process loads: the weights, the activations of a batch of 32, the allocator's
 # slack and the background model must fit, and on MPS/CPU the memory is the system's,
@@ -168,14 +167,7 @@ class ModelSettings:
 def _unload_choice(value) -> str:
     """``models.unload_between_models``: "auto", "always" or "never" (a bool, or true/false
     from the environment, means always/never)."""
-    if isinstance(value, bool):
-        return "always" if value else "never"
-    text = str(value).strip().lower()
-    text = _UNLOAD_ALIASES.get(text, text)
-    if text not in UNLOAD_CHOICES:
-        raise UserError(f"models.unload_between_models must be one of {', '.join(UNLOAD_CHOICES)}, "
-                        f"got {value!r}")
-    return text
+    return choice_of(value, UNLOAD_KEY)
 
 
 def auto_unload_threshold_bytes(specs=MODELS) -> int:
