@@ -267,6 +267,18 @@ def ray_workers(root, now: float) -> list[dict]:
     return [w for w in rows if w.get("kind") == "ray"]
 
 
+def local_serving(root, now: float) -> list[dict]:
+    """The re-embed servers of this machine's `local = true` workers (rows of host local);
+    [] when hosts.toml is malformed (the hosts source says so)."""
+    from pipeline.core.errors import UserError
+    from pipeline.core.hoststages import local_serve_rows
+
+    try:
+        return local_serve_rows(root, now)
+    except UserError:
+        return []
+
+
 def reembed_jobs(root, now: float) -> list[dict]:
     """Re-embeds started and not yet switched on (`status`'s reembed section)."""
     from pipeline.reembed.status import reembed_progress
@@ -439,6 +451,7 @@ class Sources:
     host_stages: Callable = host_stages
     ray_workers: Callable = ray_workers
     reembed_jobs: Callable = reembed_jobs
+    local_serving: Callable = local_serving
     host_log_tail: Callable = host_log_tail
     start_remote: Callable = start_remote
     stop_remote: Callable = stop_remote

@@ -92,6 +92,7 @@ class ConsoleApp(PollScheduler, PanelFeed, HostSources, LogFollow, BackgroundAct
         self.hosts: list[dict] = []
         self.host_rows: dict[str, list[dict]] = {}
         self.ray_workers: list[dict] = []   # workers_status rows of kind "ray"
+        self.local_serving: list[dict] = []  # re-embed servers of local workers (serve_rows)
         self.hosts_message: str | None = None
         self.stopping: set[str] = set()      # rows whose kill file this console wrote
         self.last_refresh_at: float | None = None
@@ -158,6 +159,8 @@ class ConsoleApp(PollScheduler, PanelFeed, HostSources, LogFollow, BackgroundAct
                                                                     self.clock()))
         self._add_poller("hosts", lambda: self.sources.worker_hosts(self.root), every=5)
         self._add_poller("ray", lambda: self.sources.ray_workers(self.root, self.clock()), every=2)
+        self._add_poller("serving", lambda: self.sources.local_serving(self.root, self.clock()),
+                         every=2)
         # a re-embed's progress lists every shard's folders: it moves slowly, looked at slowly
         self._add_poller("reembed", lambda: self.sources.reembed_jobs(self.root, self.clock()),
                          every=10)

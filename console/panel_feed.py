@@ -72,6 +72,10 @@ class PanelFeed:
             if kind == OK:
                 self.ray_workers = data
                 self._render_stages()
+        elif source == "serving":
+            if kind == OK:
+                self.local_serving = data
+                self._render_stages()
         elif source == "reembed":
             self.panels.queues.show_reembed(reembed_text(data, self.clock()) if kind == OK
                                             else f"reembed: {text}")
@@ -89,7 +93,7 @@ class PanelFeed:
                 logs.show_message(text)
 
     def all_rows(self) -> list[dict]:
-        rows = list(self.local_rows)
+        rows = list(self.local_rows) + self.local_serving
         for host in self.hosts:
             rows += self.host_rows.get(host["name"], [])
         return rows + [ray_row(w) for w in self.ray_workers]

@@ -139,20 +139,21 @@ def _serve_heartbeat(root_path: Path, model: str, **values) -> None:
 
 
 def test_reembed_servers_on_a_worker_are_rows_of_that_host(tmp_path):
-    """A re-embed's servers (reembed-serve, one per model) on a worker host show under that
-    host, read by the real host adapter; their keys say what starts and stops them, and stop
-    all leaves them to their re-embed."""
+    """A re-embed's servers (reembed-serve, one per model) on a worker show as rows: under
+    the host for an SSH worker (host_stage_rows, the host poll; over SSH in
+    test_reembed_hosts.py), under local for a `local = true` worker (the real adapter); their
+    keys say what starts and stops them, stop all leaves them, the Logs panel shows their log."""
     from console.polling import OK
     from pipeline.core.hoststages import host_stage_rows
 
     root = make_root(tmp_path / "root")
     worker = tmp_path / "worker"
     worker.mkdir()
-    (root.path / "hosts.toml").write_text(f'[workers.mac]\nlocal = true\nroot = "{worker}"\n')
+    (root.path / "hosts.toml").write_text(f'[workers.imac]\nlocal = true\nroot = "{worker}"\n')
     _serve_heartbeat(worker, "dinov2_large")
     _serve_heartbeat(worker, "clip_vitb32", state="ready", slice=None, slices=7)
     _serve_heartbeat(worker, "clip_vitl14", state="stopped")          # ended: no row
-    rows = host_stage_rows(root, "mac", 5.0)
+    rows = host_stage_rows(root, "imac", 5.0)
     serving = {r["model"]: r for r in rows if r.get("kind") == "reembed-serve"}
     assert sorted(serving) == ["clip_vitb32", "dinov2_large"]
     assert serving["dinov2_large"]["current"] == "dinov2_large: slice s000003"
@@ -165,13 +166,12 @@ def test_reembed_servers_on_a_worker_are_rows_of_that_host(tmp_path):
     async def scenario() -> None:
         async with app.run_test(size=(160, 50)) as pilot:
             app.feed_status(load_fixture("status_busy.json"))
-            app.hosts = [{"name": "mac"}]
-            app._apply("host:mac", OK, rows, None)
+            app._apply("serving", OK, app.sources.local_serving(root, time.time()), None)
             await pilot.pause()
             table = app.query_one(StagesTable)
-            key = "mac/reembed-serve/dinov2_large"
-            assert key in table.keys() and "mac/reembed-serve/clip_vitb32" in table.keys()
-            assert table.cell_text(key, "stage") == "reembed-serve"
+            key = "local/reembed/dinov2_large"
+            assert key in table.keys() and "local/reembed/clip_vitb32" in table.keys()
+            assert table.cell_text(key, "stage") == "reembed"
             assert table.cell_text(key, "current") == "dinov2_large: slice s000003"
             table.focus()
             table.move_cursor(row=table.keys().index(key))
@@ -182,10 +182,15 @@ def test_reembed_servers_on_a_worker_are_rows_of_that_host(tmp_path):
                 action()
                 assert refused and "serves a re-embed" in refused[-1] and key in refused[-1]
             assert key not in app.stopping
-            # the Logs panel follows it to the servers' log on that worker
+            # the Logs panel follows it to the servers' log in that worker's root
             (worker / "logs").mkdir(exist_ok=True)
             (worker / "logs" / "reembed-serve.log").write_text("reembed-serve dinov2_large: ready\n")
             assert app._log_fetch(key)() == ["reembed-serve dinov2_large: ready"]
+            # the server stopped: its row goes
+            _serve_heartbeat(worker, "dinov2_large", state="stopped")
+            app._apply("serving", OK, app.sources.local_serving(root, time.time()), None)
+            await pilot.pause()
+            assert key not in table.keys() and "local/reembed/clip_vitb32" in table.keys()
 
     asyncio.run(scenario())
 

@@ -226,6 +226,8 @@ def test_a_server_killed_mid_slice_its_slice_is_done_elsewhere_once(root, lab, e
     serving = [r for r in host_stage_rows(root, "w1", 10.0) if r.get("kind") == "reembed-serve"]
     assert [(r["model"], r["state"], r["pid"]) for r in serving] == [(MODEL, "running", pid)]
     assert serving[0]["current"].startswith(f"{MODEL}: slice ")
+    from pipeline.core.hoststages import host_log_tail
+    assert any(MODEL in line for line in host_log_tail(root, "w1", serving[0]["name"], 20))
     os.kill(pid, signal.SIGKILL)                   # the server dies with the slice in hand
     (lab.hold / "hold").unlink()
     t.join(240)

@@ -174,6 +174,10 @@ def cmd_reembed_serve(args) -> int:
     get_spec(args.model)                      # an unknown model: one line, before detaching
     if args.detach:
         return _serve_detached(root, args)
+    from pipeline.core.stage_log import setup_process_logging
+
+    # its lines (ready, idle exit, why a model cannot load) in the log the console shows
+    setup_process_logging(root, "reembed-serve", serve.log.name)
     return serve.serve(root, args.model, args.batch_size or 0, args.idle_exit_s)
 
 

@@ -263,23 +263,55 @@ def _serve_rows(root, host_name: str, serving: dict[str, dict | None], now: floa
 
 def _local_rows(root, host, now: float | None) -> list[dict]:
     """A `local = true` worker: its root is a folder here (no SSH)."""
-    from pipeline.core.root import Root
     from pipeline.core.stage_observe import stage_status
 
+    worker_root = _local_root(root, host)
+    rows = [{**stage_status(worker_root, stage, now), "host": host.name, "error": None}
+            for stage in HOST_STAGES]
+    return rows + _serve_rows(root, host.name, _local_serving(worker_root),
+                              time.time() if now is None else now)
+
+
+def _local_root(root, host):
+    from pipeline.core.root import Root
+
+    path = host.root or str(root.path)
+    return root if path == str(root.path) else Root(path)
+
+
+def _local_serving(worker_root) -> dict[str, dict | None]:
     from pipeline.core.fsutil import read_json_or_none
     from pipeline.reembed.serve_rows import SERVE_DIR, heartbeat_relpath as serve_relpath
 
-    path = host.root or str(root.path)
-    worker_root = root if path == str(root.path) else Root(path)
-    rows = [{**stage_status(worker_root, stage, now), "host": host.name, "error": None}
-            for stage in HOST_STAGES]
     try:
         models = sorted(os.listdir(worker_root.path / SERVE_DIR))
     except (FileNotFoundError, NotADirectoryError):
-        models = []
-    serving = {m: hb if isinstance(hb := read_json_or_none(worker_root.path / serve_relpath(m)), dict)
-               else None for m in models}
-    return rows + _serve_rows(root, host.name, serving, time.time() if now is None else now)
+        return {}
+    beats = {m: read_json_or_none(worker_root.path / serve_relpath(m)) for m in models}
+    return {m: hb if isinstance(hb, dict) else None for m, hb in beats.items()}
+
+
+def local_serve_rows(root, now: float | None = None) -> list[dict]:
+    """The re-embed servers of this machine's `local = true` workers, as rows of host
+    "local" (the console shows a local worker's stages as its local rows) whose "log" is the
+    full path of that root's logs/reembed-serve.log. A hosts.toml problem raises UserError."""
+    from remote.errors import HostsConfigError
+    from remote.hosts import load_hosts
+
+    try:
+        local = [h for h in load_hosts(root.hosts_path) if h.local]
+    except HostsConfigError as exc:
+        raise UserError(str(exc)) from None
+    now = time.time() if now is None else now
+    rows, seen = [], set()
+    for host in local:
+        worker_root = _local_root(root, host)
+        if str(worker_root.path) in seen:
+            continue
+        seen.add(str(worker_root.path))
+        for row in _serve_rows(root, "local", _local_serving(worker_root), now):
+            rows.append({**row, "log": str(worker_root.path / row["log"])})
+    return rows
 
 
 # ---------------------------------------------------------------------------
@@ -363,11 +395,12 @@ def stop_remote(root, host_name: str, stage: str, timeout_s: float | None = None
 
 def host_log_tail(root, host_name: str, stage: str, lines: int,
                   timeout_s: float | None = None) -> list[str]:
-    """The last lines of the stage's log on the host (or of its re-embed servers':
-    stage "reembed-serve")."""
-    from pipeline.reembed.serve_rows import SERVE_KIND
+    """The last lines of the stage's log on the host (or of its re-embed servers': stage
+    "reembed", the name of their rows)."""
+    from pipeline.reembed.serve_rows import LOG_RELPATH, ROW_NAME
 
-    if stage != SERVE_KIND:
+    relpath = LOG_RELPATH if stage == ROW_NAME else log_relpath(stage)
+    if stage != ROW_NAME:
         _check_stage(stage, host_name)
     timeout_s = _command_timeout(root) if timeout_s is None else float(timeout_s)
     _, host = _host(root, host_name)
@@ -376,9 +409,9 @@ def host_log_tail(root, host_name: str, stage: str, lines: int,
         from pipeline.core.stage_control import tail_lines
 
         worker_root = Root(host.root) if host.root else root
-        return tail_lines(worker_root.log_path(stage), int(lines))
+        return tail_lines(worker_root.path / relpath, int(lines))
     text = _on_link(root, host_name, timeout_s, f"{stage} log",
-                    lambda t: t.tail_root_file(log_relpath(stage), int(lines)))
+                    lambda t: t.tail_root_file(relpath, int(lines)))
     if text is None:
-        raise UserError(f"{host_name}: no log yet at {host.root}/{log_relpath(stage)}")
+        raise UserError(f"{host_name}: no log yet at {host.root}/{relpath}")
     return text.splitlines()

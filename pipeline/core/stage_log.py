@@ -43,9 +43,15 @@ def fds_writing_to(path) -> tuple[int, ...]:
 
 
 def setup_stage_logging(root, stage: StageSpec) -> logging.Logger:
+    return setup_process_logging(root, stage.name, f"imageselector.{stage.name}")
+
+
+def setup_process_logging(root, log_name: str, logger_name: str) -> logging.Logger:
+    """LOGGER_NAME's lines to ROOT/logs/LOG_NAME.log (and stderr unless that is the log): a
+    stage's, or another long-lived process's (a worker's re-embed server)."""
     root.logs_dir.mkdir(parents=True, exist_ok=True)
-    log_path = root.log_path(stage.name)
-    logger = logging.getLogger(f"imageselector.{stage.name}")
+    log_path = root.log_path(log_name)
+    logger = logging.getLogger(logger_name)
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for handler in list(logger.handlers):

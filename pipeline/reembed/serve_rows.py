@@ -14,6 +14,7 @@ from pipeline.core.stage import StageState
 from pipeline.reembed.serve import HEARTBEAT_NAME, SERVE_DIR
 
 SERVE_KIND = "reembed-serve"
+ROW_NAME = "reembed"          # the stage column's word (it is narrow); the model is in current
 LOG_RELPATH = "logs/reembed-serve.log"
 GONE_AFTER_S = 3600.0
 STATE_OF = {"loading": StageState.RUNNING, "ready": StageState.RUNNING,
@@ -57,7 +58,7 @@ def serve_row(host: str, model: str, hb: dict | None, now: float, stale_after_s:
         state = StageState.STALE
     message = (f"no heartbeat for {age:.0f} s: the server died or froze (the re-embed gives "
                f"its slice to another host)" if state == StageState.STALE else hb.get("error"))
-    return {"name": SERVE_KIND, "kind": SERVE_KIND, "model": model, "host": host,
+    return {"name": ROW_NAME, "kind": SERVE_KIND, "model": model, "host": host,
             "state": state.value, "pid": hb.get("pid") if state == StageState.RUNNING else None,
             "last_pid": hb.get("pid"), "uptime_s": None, "heartbeat_age_s": round(age, 1),
             "rate": None, "current": _current(model, hb), "counters": {"slices": hb.get("slices") or 0},
