@@ -266,7 +266,7 @@ class StubWorker:
 
 
 def run_orchestrator(root: Root, once: bool = True, timeout_s: float = 60.0, store=None,
-                     stop: threading.Event | None = None, until=None):
+                     stop: threading.Event | None = None, until=None, report=None):
     """The orchestrator in this process, as the stage would run it (no stage lock). It stops
     on ``stop``, or when ``until()`` turns true, or (a failure) at the time limit."""
     from pipeline.stages.orchestrate.core import Orchestrator
@@ -284,7 +284,7 @@ def run_orchestrator(root: Root, once: bool = True, timeout_s: float = 60.0, sto
         return not (stop is not None and stop.is_set()) and not (until is not None and until())
 
     orch = Orchestrator(root, conn, settings, once=once, store=store, checkpoint=checkpoint,
-                        report=FakeReport())
+                        report=report if report is not None else FakeReport())
     try:
         orch.exit_code = orch.run()
     finally:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests import models_support  # noqa: F401 - sets $U2NET_HOME before the nodes start
-from tests.orchestrate_support import (add_downloaded, assert_indexed_once, batches, db_root,
-                                       in_thread, run_orchestrator, write_hosts)
+from tests.orchestrate_support import (FakeReport, add_downloaded, assert_indexed_once, batches,
+                                       db_root, in_thread, run_orchestrator, write_hosts)
 from tests.ray_support import RAY_ENV, REPO, Cluster, ours
 from tests.support import wait_for
 
@@ -209,9 +209,18 @@ def test_a_graceful_stop_lets_the_batch_on_an_actor_finish_and_imports_it(tmp_pa
     (cluster.hold / "hold").write_text("hold")
     for f in cluster.hold.glob("*.held"):
         f.unlink()
-    root, keys = _ray_root(tmp_path / "root", cluster, 8)
+    root, _ = _ray_root(tmp_path / "root", cluster, 0)
     stop = threading.Event()
-    run = in_thread(run_orchestrator, root, once=False, timeout_s=300, stop=stop)
+    report = FakeReport()
+    run = in_thread(run_orchestrator, root, once=False, timeout_s=300, stop=stop, report=report)
+
+    def actors_ready() -> int:
+        views = [w.get("ray") or {} for w in report.info.get("workers") or []]
+        return sum(v.get("actors_ready", 0) for v in views)
+    # the work comes once both actors are up: on a loaded machine the head's actor alone
+    # would take every batch before the holding node's actor is ready
+    wait_for(lambda: actors_ready() == 2, timeout=240, what="both actors ready")
+    keys = add_downloaded(root, 8)
     wait_for(lambda: any(cluster.hold.glob("*.held")), timeout=240)
     held = sorted(p.name[:-5] for p in cluster.hold.glob("*.held"))
     stop.set()                                 # graceful stop with a batch in hand
