@@ -49,9 +49,9 @@ class SearchPane(Vertical):
     def compose(self) -> ComposeResult:
         # select_on_focus off: coming back to the box must not make the first key replace the
         # previous query
-        yield SearchInput(placeholder="words, image paths, listing:ID, same:ID, price:20-80 shop:ID; "
-                                "Enter searches; Escape leaves the box",
-                    id="search-input", select_on_focus=False)
+        yield SearchInput(placeholder="words, image paths, listing:ID, same:ID, price:20-80 "
+                                      "shop:ID; Enter searches; Escape leaves the box",
+                          id="search-input", select_on_focus=False)
         yield Static(SYNTAX, id="search-syntax", classes="panel-hint")
         yield Static("", id="search-message", classes="panel-message")
         with VerticalScroll(id="search-results"):

@@ -177,7 +177,7 @@ def cmd_reembed_serve(args) -> int:
     from pipeline.core.stage_log import setup_process_logging
 
     # its lines (ready, idle exit, why a model cannot load) in the log the console shows
-    setup_process_logging(root, "reembed-serve", serve.log.name)
+    setup_process_logging(root, serve.LOG_NAME, serve.log.name)
     return serve.serve(root, args.model, args.batch_size or 0, args.idle_exit_s)
 
 
@@ -197,7 +197,7 @@ def _serve_detached(root, args) -> int:
         argv += ["--batch-size", str(args.batch_size)]
     root.logs_dir.mkdir(parents=True, exist_ok=True)
     beat = root.path / serve.SERVE_DIR / args.model / serve.HEARTBEAT_NAME
-    pid = spawn_detached(argv, root.logs_dir / "reembed-serve.log", cwd=root.path)
+    pid = spawn_detached(argv, root.log_path(serve.LOG_NAME), cwd=root.path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         hb = read_json_or_none(beat) or {}
@@ -209,7 +209,7 @@ def _serve_detached(root, args) -> int:
             print(json.dumps({"pid": hb.get("pid"), "state": hb.get("state")}))
             return serve.ALREADY_RUNNING_EXIT if live else 2
         time.sleep(0.05)
-    print(f"reembed-serve {args.model}: no heartbeat within 60 s; see {root.logs_dir / 'reembed-serve.log'}",
+    print(f"reembed-serve {args.model}: no heartbeat within 60 s; see {root.log_path(serve.LOG_NAME)}",
           file=sys.stderr)
     return 2
 

@@ -73,12 +73,22 @@ def _new_transport(root, hosts, host, settings):
     return transport_for(host, hosts.known_hosts, settings, local_root=root.path)
 
 
-def _host(root, host_name: str):
+def _hosts(root):
+    """hosts.toml, a problem in it as UserError."""
     from remote.errors import HostsConfigError
     from remote.hosts import load_hosts
 
     try:
-        hosts = load_hosts(root.hosts_path)
+        return load_hosts(root.hosts_path)
+    except HostsConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _host(root, host_name: str):
+    from remote.errors import HostsConfigError
+
+    hosts = _hosts(root)
+    try:
         return hosts, hosts.get(host_name)
     except HostsConfigError as exc:
         raise UserError(str(exc)) from None
@@ -243,14 +253,15 @@ def host_stage_rows(root, host_name: str, timeout_s: float, now: float | None = 
 def _serve_heartbeats(transport) -> dict[str, dict | None]:
     """The re-embed servers' heartbeats on the host, by model: one folder listing, and a read
     per model only where a re-embed has run there."""
-    from pipeline.reembed.serve_rows import SERVE_DIR, heartbeat_relpath as serve_relpath, parse
+    from pipeline.reembed.serve import HEARTBEAT_NAME, SERVE_DIR, serve_relpath
     from remote.errors import RemoteFileMissing
 
     try:
         models = transport.list_dir(transport.join(SERVE_DIR))
     except RemoteFileMissing:
         return {}
-    return {m: parse(_read_root_text(transport, serve_relpath(m))) for m in models}
+    return {m: _parse_heartbeat(_read_root_text(transport, serve_relpath(m, HEARTBEAT_NAME)))
+            for m in models}
 
 
 def _serve_rows(root, host_name: str, serving: dict[str, dict | None], now: float) -> list[dict]:
@@ -281,13 +292,13 @@ def _local_root(root, host):
 
 def _local_serving(worker_root) -> dict[str, dict | None]:
     from pipeline.core.fsutil import read_json_or_none
-    from pipeline.reembed.serve_rows import SERVE_DIR, heartbeat_relpath as serve_relpath
+    from pipeline.reembed.serve import HEARTBEAT_NAME, SERVE_DIR
 
     try:
         models = sorted(os.listdir(worker_root.path / SERVE_DIR))
     except (FileNotFoundError, NotADirectoryError):
         return {}
-    beats = {m: read_json_or_none(worker_root.path / serve_relpath(m)) for m in models}
+    beats = {m: read_json_or_none(worker_root.path / SERVE_DIR / m / HEARTBEAT_NAME) for m in models}
     return {m: hb if isinstance(hb, dict) else None for m, hb in beats.items()}
 
 
@@ -295,13 +306,9 @@ def local_serve_rows(root, now: float | None = None) -> list[dict]:
     """The re-embed servers of this machine's `local = true` workers, as rows of host
     "local" (the console shows a local worker's stages as its local rows) whose "log" is the
     full path of that root's logs/reembed-serve.log. A hosts.toml problem raises UserError."""
-    from remote.errors import HostsConfigError
-    from remote.hosts import load_hosts
+    from pipeline.reembed.serve import LOG_NAME
 
-    try:
-        local = [h for h in load_hosts(root.hosts_path) if h.local]
-    except HostsConfigError as exc:
-        raise UserError(str(exc)) from None
+    local = [h for h in _hosts(root) if h.local]
     now = time.time() if now is None else now
     rows, seen = [], set()
     for host in local:
@@ -310,7 +317,7 @@ def local_serve_rows(root, now: float | None = None) -> list[dict]:
             continue
         seen.add(str(worker_root.path))
         for row in _serve_rows(root, "local", _local_serving(worker_root), now):
-            rows.append({**row, "log": str(worker_root.path / row["log"])})
+            rows.append({**row, "log": str(worker_root.log_path(LOG_NAME))})
     return rows
 
 
@@ -397,11 +404,12 @@ def host_log_tail(root, host_name: str, stage: str, lines: int,
                   timeout_s: float | None = None) -> list[str]:
     """The last lines of the stage's log on the host (or of its re-embed servers': stage
     "reembed", the name of their rows)."""
-    from pipeline.reembed.serve_rows import LOG_RELPATH, ROW_NAME
+    from pipeline.reembed.serve import LOG_NAME
+    from pipeline.reembed.serve_rows import ROW_NAME
 
-    relpath = LOG_RELPATH if stage == ROW_NAME else log_relpath(stage)
     if stage != ROW_NAME:
         _check_stage(stage, host_name)
+    relpath = log_relpath(LOG_NAME if stage == ROW_NAME else stage)
     timeout_s = _command_timeout(root) if timeout_s is None else float(timeout_s)
     _, host = _host(root, host_name)
     if host.local:

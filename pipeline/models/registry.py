@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.config import CHOICES, choice_of, config_values, toml_defaults
+from pipeline.core.config import choice_of, config_values, toml_defaults
 from pipeline.core.errors import UserError
 
 # Some DINO ops are missing on MPS; the fallback must be in the environment before torch
@@ -35,8 +35,7 @@ PROFILES = ("production", "test", "random")
 PROFILE_ENV = "IMAGESELECTOR_MODELS_PROFILE"
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cuda", "mps", "cpu")
-UNLOAD_KEY = "models.unload_between_models"
-UNLOAD_CHOICES = tuple(CHOICES[UNLOAD_KEY])          # auto, always, never
+UNLOAD_KEY = "models.unload_between_models"      # its words: config.CHOICES
 # "auto" unloads when the device's memory is below this many times the weights of the
 # models the process loads: the weights, the activations of a batch of 32, the allocator's
 # slack and the background model must fit, and on MPS/CPU the memory is the system's,

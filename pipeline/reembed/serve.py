@@ -35,6 +35,7 @@ from pipeline.core.testhold import hold_here
 
 SERVE_DIR = "reembed"
 HEARTBEAT_NAME = "serve.json"
+LOG_NAME = "reembed-serve"        # ROOT/logs/reembed-serve.log
 KILL_NAME = "KILL_REEMBED"
 HEARTBEAT_S = 1.0
 POLL_S = 0.2

@@ -8,29 +8,13 @@ has no row; one whose heartbeat has not moved for stage.stale_after_s is "stale"
 untouched for GONE_AFTER_S is a leftover of an old re-embed and has no row either."""
 from __future__ import annotations
 
-import json
-
 from pipeline.core.stage import StageState
-from pipeline.reembed.serve import HEARTBEAT_NAME, SERVE_DIR
 
 SERVE_KIND = "reembed-serve"
 ROW_NAME = "reembed"          # the stage column's word (it is narrow); the model is in current
-LOG_RELPATH = "logs/reembed-serve.log"
 GONE_AFTER_S = 3600.0
 STATE_OF = {"loading": StageState.RUNNING, "ready": StageState.RUNNING,
             "busy": StageState.RUNNING, "error": StageState.CRASHED}
-
-
-def heartbeat_relpath(model: str) -> str:
-    return f"{SERVE_DIR}/{model}/{HEARTBEAT_NAME}"
-
-
-def parse(text: str | None) -> dict | None:
-    try:
-        hb = json.loads(text) if text else None
-    except ValueError:
-        return None          # torn or foreign: as no heartbeat
-    return hb if isinstance(hb, dict) else None
 
 
 def _current(model: str, hb: dict) -> str:
@@ -47,7 +31,8 @@ def _current(model: str, hb: dict) -> str:
 def serve_row(host: str, model: str, hb: dict | None, now: float, stale_after_s: float
               ) -> dict | None:
     """The row of MODEL's server on HOST from its heartbeat (``now`` on the host's clock);
-    None when there is nothing to show."""
+    None when there is nothing to show. Its log (serve.LOG_NAME) is the reader's to place:
+    a local worker's full path, a host's through host_log_tail."""
     if not hb or hb.get("state") == "stopped" or hb.get("t") is None:
         return None
     age = now - float(hb["t"])
@@ -62,4 +47,4 @@ def serve_row(host: str, model: str, hb: dict | None, now: float, stale_after_s:
             "state": state.value, "pid": hb.get("pid") if state == StageState.RUNNING else None,
             "last_pid": hb.get("pid"), "uptime_s": None, "heartbeat_age_s": round(age, 1),
             "rate": None, "current": _current(model, hb), "counters": {"slices": hb.get("slices") or 0},
-            "info": {}, "last_exit": None, "log": LOG_RELPATH, "error": None, "message": message}
+            "info": {}, "last_exit": None, "log": None, "error": None, "message": message}
